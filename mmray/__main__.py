@@ -1,0 +1,5 @@
+import sys
+
+from mmray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""`mmray prepare | train | tune | bench`. Bad input ends with one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from mmray.errors import UserError
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="a file in search_spaces/ (gmm.yaml or gmm) or a path")
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--dataset", help="dataset name (synthetic-av, ...)")
+    p.add_argument("--data-dir", help="a prepared dataset folder")
+    p.add_argument("--storage", default="~/mmray_results", help="folder holding experiments (default: %(default)s)")
+    p.add_argument("--name", help="experiment name (default: the space's name)")
+    p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
+    p.add_argument("--address", help="connect to a running Ray cluster (auto, or host:port)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --storage/--name")
+
+
+def cmd_tune(args) -> int:
+    from mmray.tune.search import RunOptions, run_search
+    from mmray.tune.space import load_space
+
+    space = load_space(args.space).with_overrides(
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, epochs=args.epochs,
+        dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
+    options = RunOptions(storage=Path(args.storage).expanduser().resolve(), name=args.name or space.name,
+                         address=args.address, resume=args.resume)
+    run_search(space, options)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from mmray.data import synthetic
+
+    if args.dataset != synthetic.NAME:
+        raise UserError(f"dataset {args.dataset!r}: mmray prepare knows {synthetic.NAME!r} so far")
+    cfg = synthetic.SyntheticConfig(seed=args.seed, frame_encoding=args.frame_encoding)
+    manifest = synthetic.prepare(Path(args.out), cfg, force=args.force)
+    sizes = ", ".join(f"{s} {manifest.split_size(s)}" for s in manifest.shards)
+    print(f"mmray: prepared {manifest.dataset} in {args.out} ({sizes})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import ray
+
+    from mmray.train.config import TrainConfig
+    from mmray.train.launch import evaluate_checkpoint, run_in_process
+
+    values = {"method": args.method, "dataset": args.dataset, "data_dir": args.data_dir, "seed": args.seed}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        values[key] = _parse_value(value)
+    if args.epochs is not None:
+        values["epochs"] = args.epochs
+    cfg = TrainConfig.from_flat(values, where="command line")
+    out = Path(args.out or tempfile.mkdtemp(prefix="mmray-train-"))
+    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    _, best = run_in_process(cfg, out, threads=args.threads)
+    test = evaluate_checkpoint(best, "test")
+    print("test (best validation epoch):", "  ".join(f"{k}={v:.4f}" for k, v in test.items()))
+    print(f"checkpoints in {out}")
+    return 0
+
+
+def _parse_value(text: str):
+    import yaml
+    return yaml.safe_load(text)
+
+
+def cmd_bench(args) -> int:
+    import importlib
+    return importlib.import_module(f"mmray.bench.{args.what}").main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="prepare a dataset into Parquet shards")
+    p.add_argument("dataset", help="synthetic-av")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frame-encoding", choices=["raw", "jpeg"], default="raw")
+    p.add_argument("--force", action="store_true", help="replace an existing prepared folder")
+    p.set_defaults(run=cmd_prepare)
+
+    p = sub.add_parser("train", help="train once, in this process (for debugging)")
+    p.add_argument("--method", default="joint")
+    p.add_argument("--dataset", default="synthetic-av")
+    p.add_argument("--data-dir")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training setting, e.g. --set lr=0.003")
+    p.add_argument("--out", help="checkpoint folder (default: a new temp folder)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("tune", help="run a hyperparameter search (same as python -m mmray.tune)")
+    add_tune_arguments(p)
+    p.set_defaults(run=cmd_tune)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p.add_argument("what", choices=["search", "data", "imbalance"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.run, args)
+
+
+def run_command(fn, args) -> int:
+    try:
+        return fn(args)
+    except UserError as e:
+        print(f"mmray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmray: interrupted", file=sys.stderr)
+        return 130
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmray.tune", description="Run a hyperparameter search.")
+    add_tune_arguments(parser)
+    return run_command(cmd_tune, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

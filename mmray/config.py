@@ -1,0 +1,57 @@
+"""Turning plain data (YAML, CLI flags, Tune configs) into typed dataclasses, with errors a person understands."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from mmray.errors import UserError
+
+
+def field_types(cls) -> dict[str, Any]:
+    """Field name -> resolved annotation of a dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against a simple annotation (int, float, bool, str, Literal, X | None)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        if value not in get_args(annotation):
+            raise UserError(f"{where}: {value!r} is not one of {list(get_args(annotation))}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if value is None and len(options) < len(get_args(annotation)):
+            return None
+        return coerce(value, options[0], where)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {value!r} is not true/false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise UserError(f"{where}: {value!r} is not an integer")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: {value!r} is not a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: {value!r} is not a string")
+        return value
+    return value
+
+
+def build(cls, values: dict, where: str):
+    """Build dataclass `cls` from a dict, refusing unknown keys and ill-typed values."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(values).__name__}")
+    types = field_types(cls)
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(types)})")
+    return cls(**{k: coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})

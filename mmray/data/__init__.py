@@ -1,0 +1,1 @@
+"""Datasets: preparing shards, the manifest that describes them, and Ray Data pipelines over them."""

@@ -1,0 +1,104 @@
+"""Ray Data pipelines over prepared shards, and the data source the training loop iterates.
+
+Reading and decoding run as Ray Data tasks (streaming, backpressured); the training worker only
+pulls ready tensors. Shapes and dtypes come from the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import ray.data
+import torch
+
+from mmray.data.manifest import Manifest
+from mmray.data.shards import decode_audio, decode_frames
+
+# Ray Data tasks take a fraction of a CPU so that a trial holding whole CPUs never starves
+# its own pipeline (see docs: on 2 cores, 1-CPU read tasks deadlock behind the trial's CPU).
+DATA_TASK_CPUS = 0.25
+
+
+def configure_data_context(quiet: bool = True) -> None:
+    """Deterministic row order and no progress-bar flood; call in every process that runs pipelines."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    if quiet:
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" line per epoch
+
+
+class Decode:
+    """Shard rows -> model-ready arrays. A callable class so Ray Data ships the specs once."""
+
+    def __init__(self, manifest: Manifest):
+        self.audio_spec = manifest.audio
+        self.frames_spec = manifest.frames
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            "audio": decode_audio(batch["audio"], self.audio_spec),
+            "frames": decode_frames(batch["frames"], self.frames_spec),
+            "label": batch["label"].astype(np.int64),
+            "index": batch["index"].astype(np.int64),
+        }
+
+
+def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarray | None = None) -> ray.data.Dataset:
+    """A lazy Dataset of decoded rows of one split (optionally only the rows whose index is kept)."""
+    ds = ray.data.read_parquet(manifest.shard_paths(root, split), num_cpus=DATA_TASK_CPUS)
+    ds = ds.select_columns(["index", "label", "audio", "frames"])
+    if keep_indices is not None:
+        keep = set(int(i) for i in keep_indices)
+        ds = ds.filter(lambda row: row["index"] in keep, num_cpus=DATA_TASK_CPUS)
+    return ds.map_batches(Decode(manifest), batch_format="numpy", num_cpus=DATA_TASK_CPUS, batch_size=256)
+
+
+@dataclass
+class Batch:
+    audio: torch.Tensor  # (B, C, F, T)
+    frames: torch.Tensor  # (B, T, C, H, W)
+    label: torch.Tensor  # (B,)
+    index: torch.Tensor  # (B,) sample index within the split
+
+
+class RayDataSource:
+    """What the training loop iterates: shuffled train batches per epoch, ordered eval batches.
+
+    `splits` maps a split name to a Ray Dataset or a DataIterator (a Train worker's shard);
+    both stream through `iter_torch_batches`.
+    """
+
+    def __init__(self, splits: dict, batch_size: int, seed: int, device: torch.device,
+                 shuffle_buffer: int = 1024):
+        self.splits = splits
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.shuffle_buffer = shuffle_buffer
+
+    def _iterate(self, split: str, shuffle_seed: int | None) -> Iterator[Batch]:
+        rows = self.splits[split].iter_torch_batches(
+            batch_size=self.batch_size,
+            local_shuffle_buffer_size=self.shuffle_buffer if shuffle_seed is not None else None,
+            local_shuffle_seed=shuffle_seed,
+            device=self.device,
+            prefetch_batches=2,
+        )
+        for b in rows:
+            yield Batch(audio=b["audio"], frames=b["frames"], label=b["label"], index=b["index"])
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """This worker's part of train, shuffled; the order depends only on (seed, epoch)."""
+        return self._iterate("train", shuffle_seed=self.seed * 100_003 + epoch)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        """A split in stored order, unshuffled (for "train", this worker's part)."""
+        return self._iterate(split, shuffle_seed=None)
+
+    def has(self, split: str) -> bool:
+        return split in self.splits

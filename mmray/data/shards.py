@@ -1,0 +1,110 @@
+"""The shard format: writing prepared rows to Parquet, and decoding them back to arrays.
+
+One row per clip: `sample_id` (str), `index` (int64, unique within the split, so methods can
+keep per-sample state), `label` (int64), `audio` (raw little-endian bytes of the spectrogram),
+`frames` (a list with one binary per frame: raw uint8 HWC pixels or a JPEG), then any
+per-sample metadata columns (for synthetic-av: which modality was corrupted).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from mmray.data.manifest import MANIFEST_FILE, AudioSpec, FramesSpec, ShardFile, describe_shard
+from mmray.errors import UserError
+
+ROWS_PER_SHARD = 2048
+
+
+def encode_frames(frames: np.ndarray, encoding: str) -> list[bytes]:
+    """(T, H, W, C) uint8 -> one binary per frame."""
+    if encoding == "raw":
+        return [np.ascontiguousarray(f).tobytes() for f in frames]
+    out = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=95)
+        out.append(buf.getvalue())
+    return out
+
+
+def decode_audio(column, spec: AudioSpec) -> np.ndarray:
+    """A column of raw spectrogram bytes -> (B, C, F, T) float32."""
+    dtype = np.dtype(spec.dtype).newbyteorder("<")
+    flat = np.frombuffer(b"".join(column), dtype=dtype)
+    return flat.reshape((len(column), *spec.shape)).astype(np.float32)
+
+
+def decode_frames(column, spec: FramesSpec) -> np.ndarray:
+    """A column of per-clip frame lists -> (B, T, C, H, W) float32, normalised."""
+    batch = np.empty((len(column), spec.count, spec.height, spec.width, spec.channels), dtype=np.uint8)
+    for i, frames in enumerate(column):
+        for t, blob in enumerate(frames):
+            if spec.encoding == "raw":
+                batch[i, t] = np.frombuffer(blob, dtype=np.uint8).reshape(spec.height, spec.width, spec.channels)
+            else:
+                batch[i, t] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+    pixels = batch.astype(np.float32) / 255.0
+    pixels = (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(0, 1, 4, 2, 3))
+
+
+def write_split(
+    root: Path,
+    split: str,
+    columns: dict[str, list | np.ndarray],
+    rows_per_shard: int = ROWS_PER_SHARD,
+) -> list[ShardFile]:
+    """Write one split's rows (a dict of equal-length columns) as Parquet shards under root/split/."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    table = pa.table({name: _as_arrow(name, values) for name, values in columns.items()})
+    files = []
+    for part, start in enumerate(range(0, table.num_rows, rows_per_shard)):
+        path = root / split / f"part-{part:05d}.parquet"
+        # No timestamps or writer randomness: the same rows give byte-identical shards.
+        pq.write_table(table.slice(start, rows_per_shard), path, compression="zstd")
+        files.append(describe_shard(root, path))
+    return files
+
+
+def _as_arrow(name: str, values) -> pa.Array:
+    if name == "frames":
+        return pa.array(values, type=pa.list_(pa.binary()))
+    if name == "audio":
+        return pa.array(values, type=pa.binary())
+    if name in ("index", "label"):
+        return pa.array(np.asarray(values, dtype=np.int64))
+    return pa.array(values)
+
+
+@contextmanager
+def staged_output(out: Path, force: bool = False):
+    """Yield a staging folder that becomes `out` only when the block finishes without error.
+
+    A crash or bad input leaves `out` as it was (absent, or the previous complete dataset):
+    the output folder never looks complete when it is not.
+    """
+    out = Path(out)
+    if (out / MANIFEST_FILE).exists() and not force:
+        raise UserError(f"{out}: already holds a prepared dataset (use --force to replace it)")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
+        raise UserError(f"{out}: exists and is not a prepared dataset; refusing to write into it")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)

@@ -1,0 +1,24 @@
+"""Balancing methods, one module each, registered by name."""
+
+from __future__ import annotations
+
+from mmray.errors import UserError
+from mmray.methods.base import Method, MethodContext, NoParams
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise UserError(f"method {name!r}: unknown method (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+from mmray.methods import joint as _joint  # noqa: E402,F401  (registers joint and the unimodal baselines)
+
+__all__ = ["METHODS", "Method", "MethodContext", "NoParams", "get_method", "register_method"]

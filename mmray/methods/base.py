@@ -1,0 +1,74 @@
+"""The interface through which a balancing method plugs into the one training loop.
+
+The loop owns data, optimisation, evaluation, checkpoints and reporting. A method supplies:
+- `heads()`: any modules it adds (unimodal heads, gates); the loop trains them with the model;
+- `loss()`: the training loss from the model output of one batch;
+- `after_backward()`: gradient modulation between backward and the optimizer step;
+- `on_epoch_start()` / `on_epoch_end()`: work over whole epochs (refits, assignments), returning metrics;
+- `predict()`: the logits its prediction rule uses, fused and per modality;
+- `state_dict()` / `load_state_dict()`: its own state, saved in every checkpoint.
+The defaults implement plain joint training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmray.models import AVOutput
+
+if TYPE_CHECKING:
+    from mmray.data.pipeline import Batch, RayDataSource
+    from mmray.train.world import World
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyperparameters of its own."""
+
+
+@dataclass
+class MethodContext:
+    num_classes: int
+    epochs: int
+    world: "World"  # rank, size, collectives: methods that gather over workers use it
+    data: "RayDataSource"  # epoch hooks may sweep the training split (this worker's part)
+
+
+class Method:
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params, ctx: MethodContext):
+        self.params = params
+        self.ctx = ctx
+
+    def heads(self) -> nn.Module | None:
+        """Extra modules; called once. Their forward takes the AVOutput and returns a dict of tensors."""
+        return None
+
+    def loss(self, out: AVOutput, extras: dict, batch: "Batch", epoch: int) -> torch.Tensor:
+        return F.cross_entropy(out.fused, batch.label)
+
+    def after_backward(self, network: nn.Module, out: AVOutput, extras: dict, batch: "Batch", epoch: int) -> None:
+        """Gradients are computed (and all-reduced under DDP); modulate them here."""
+
+    def on_epoch_start(self, epoch: int, network: nn.Module) -> dict[str, float]:
+        return {}
+
+    def on_epoch_end(self, epoch: int, network: nn.Module) -> dict[str, float]:
+        return {}
+
+    def predict(self, out: AVOutput, extras: dict) -> dict[str, torch.Tensor]:
+        """Logits for the fused prediction and for each modality's own prediction."""
+        return {"fused": out.fused, "audio": out.audio, "visual": out.visual}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,40 @@
+"""Encoders: a compact CNN for synthetic-av, torchvision ResNet-18 (from scratch) for real data."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet18
+
+from mmray.data.manifest import Manifest
+from mmray.models.registry import register_backbone
+
+
+def _small_cnn(in_channels: int, width: int) -> nn.Module:
+    """Three conv blocks and global pooling: (B, C, H, W) -> (B, 2 * width)."""
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(
+        block(in_channels, width // 2), block(width // 2, width), block(width, 2 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
+@register_backbone("small-cnn")
+def small_cnn(manifest: Manifest, width: int):
+    audio = _small_cnn(manifest.audio.shape[0], width)
+    visual = _small_cnn(manifest.frames.channels, width)
+    return audio, visual, 2 * width, 2 * width
+
+
+def _resnet18(in_channels: int) -> nn.Module:
+    net = resnet18(weights=None)  # from scratch: nothing is downloaded
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = nn.Identity()
+    return net
+
+
+@register_backbone("resnet18")
+def resnet18_pair(manifest: Manifest, width: int):
+    # `width` does not apply: ResNet-18 features are 512-d.
+    return _resnet18(manifest.audio.shape[0]), _resnet18(manifest.frames.channels), 512, 512

@@ -1,0 +1,69 @@
+"""TrainConfig: everything one training run needs, validated from a flat dict.
+
+Tune configs, YAML `fixed:` blocks and CLI flags are all flat dicts like
+{"method": "gmm", "lr": 0.001, "warmup_epochs": 3}. The general keys are TrainConfig fields; the
+rest must be hyperparameters of the named method (its `Params` dataclass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mmray.config import build, field_types
+from mmray.errors import UserError
+from mmray.methods import get_method
+
+# Keys of a flat config that are not training settings: the launcher's own.
+RUN_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "joint"
+    dataset: str = "synthetic-av"
+    data_dir: str | None = None
+    model: str = "small-cnn"
+    fusion: Literal["concat", "sum"] = "concat"
+    width: int = 32  # channel width of the small CNN encoders
+    epochs: int = 8
+    batch_size: int = 64
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 0
+    shuffle_buffer: int = 1024
+    method_params: Any = field(default=None)  # the method's Params dataclass, filled by from_flat
+
+    @classmethod
+    def general_keys(cls) -> dict[str, Any]:
+        return {k: t for k, t in field_types(cls).items() if k != "method_params"}
+
+    @classmethod
+    def from_flat(cls, values: dict, where: str = "config") -> "TrainConfig":
+        values = {k: v for k, v in values.items() if k not in RUN_KEYS}
+        method_cls = get_method(values.get("method", cls.method))
+        general = cls.general_keys()
+        method_values = {k: v for k, v in values.items() if k not in general}
+        cfg = build(cls, {k: v for k, v in values.items() if k in general}, where)
+        cfg.method_params = build(method_cls.Params, method_values, where)
+        for name in ("epochs", "batch_size", "width"):
+            if getattr(cfg, name) < 1:
+                raise UserError(f"{where}.{name}: {getattr(cfg, name)} must be at least 1")
+        if cfg.lr <= 0:
+            raise UserError(f"{where}.lr: {cfg.lr} must be positive")
+        return cfg
+
+    def to_flat(self) -> dict:
+        flat = {k: getattr(self, k) for k in self.general_keys()}
+        flat.update(dataclasses.asdict(self.method_params))
+        return flat
+
+
+def key_type(method: str, key: str) -> Any | None:
+    """The annotation of a flat-config key for `method`, or None if the key is unknown."""
+    types = TrainConfig.general_keys() | field_types(get_method(method).Params)
+    return types.get(key)

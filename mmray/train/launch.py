@@ -1,0 +1,206 @@
+"""Three ways to run the one training loop:
+
+- `run_in_process`: in this process, for debugging (`mmray train`);
+- `run_trial`: as a Ray Tune trial. With one worker the loop runs right in the trial (no Ray Train
+  start-up cost); with N workers the trial drives a Ray Train `TorchTrainer` whose workers run
+  `train_worker` under DDP.
+
+Ray Data feeds all three through the same pipeline.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmray.data.manifest import Manifest, load_manifest
+from mmray.data.pipeline import RayDataSource, configure_data_context, open_split
+from mmray.train.checkpoint import load_state, save_state
+from mmray.train.config import TrainConfig
+from mmray.train.loop import train
+from mmray.train.world import World
+
+# CPUs that no trial and no Train worker may reserve, so Ray Data can always run. Ray Data
+# schedules its tasks outside the trials' placement groups, and its file-listing task needs a
+# whole CPU: if trials and workers hold every CPU, the pipeline (and so the trial) waits forever.
+DATA_RESERVED_CPUS = 1.0
+# A trial that only drives a Ray Train run holds (almost) no CPU of its own.
+DRIVER_CPUS = 0.01
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.cpus_per_worker))
+
+    def trial_bundles(self) -> list[dict]:
+        """The trial's own placement group. With N workers Ray Train reserves the workers separately."""
+        if self.workers > 1:
+            return [{"CPU": DRIVER_CPUS}]
+        own = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            own["GPU"] = self.gpus_per_worker
+        return [own]
+
+    def cpus_per_trial(self) -> float:
+        if self.workers > 1:
+            return DRIVER_CPUS + self.workers * self.cpus_per_worker
+        return self.cpus_per_worker
+
+
+def device_for(resources: WorkerResources) -> torch.device:
+    return torch.device("cuda") if resources.gpus_per_worker and torch.cuda.is_available() else torch.device("cpu")
+
+
+def _splits(data_dir: str, manifest: Manifest, names=("train", "val")) -> dict:
+    return {name: open_split(data_dir, manifest, name) for name in names}
+
+
+def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1) -> tuple[dict, Path]:
+    """Train in this process; keep the best-on-validation checkpoint. Returns (last metrics, best folder)."""
+    from mmray.data.registry import resolve_data_dir
+
+    torch.set_num_threads(threads)
+    configure_data_context()
+    data_dir, manifest = resolve_data_dir(cfg.dataset, cfg.data_dir)
+    cfg.data_dir = str(data_dir)
+    out_dir = Path(out_dir)
+    best = {"score": -1.0}
+
+    def report(metrics: dict, state: dict) -> None:
+        print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+        save_state(state, out_dir / "last")
+        if metrics["val/fused_acc"] > best["score"]:
+            best["score"] = metrics["val/fused_acc"]
+            save_state(state, out_dir / "best")
+
+    data = RayDataSource(_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, torch.device("cpu"), cfg.shuffle_buffer)
+    resume = load_state(out_dir / "last") if (out_dir / "last").exists() else None
+    metrics = train(cfg, manifest, data, report, World.current(), resume)
+    return metrics, out_dir / "best"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What a trial needs beyond its hyperparameters: resources, where Train stores runs, what to select on."""
+    resources: WorkerResources
+    storage_path: str
+    metric: str
+    mode: str  # "max" | "min"
+
+
+def run_trial(config: dict, settings: TrialSettings) -> None:
+    """A Tune trial: the loop in the trial itself (1 worker) or a TorchTrainer over N workers."""
+    import ray.tune
+
+    configure_data_context()
+    cfg = TrainConfig.from_flat(config)
+    manifest = load_manifest(cfg.data_dir, verify=False)  # verified once by the search driver
+    resources = settings.resources
+    if resources.workers > 1:
+        _run_train_driver(config, cfg, manifest, settings)
+        return
+
+    torch.set_num_threads(resources.torch_threads)
+    device = device_for(resources)
+    data = RayDataSource(_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer)
+    checkpoint = ray.tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_state(folder)
+
+    def report(metrics: dict, state: dict) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            save_state(state, folder)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+    train(cfg, manifest, data, report, World.current(device), resume)
+
+
+def _run_train_driver(config: dict, cfg: TrainConfig, manifest: Manifest, settings: TrialSettings) -> None:
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    resources = settings.resources
+    worker_resources = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        worker_resources["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": config, "threads": resources.torch_threads},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
+            resources_per_worker=worker_resources),
+        datasets=_splits(cfg.data_dir, manifest),
+        # Each worker streams its own part of train; every worker sees all of validation.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            # A name fixed by the trial id: a retried or resumed trial finds its Train run again.
+            name=f"train-{ray.tune.get_context().get_trial_id()}",
+            storage_path=settings.storage_path,
+            callbacks=[TuneReportCallback()],
+            # Keeps the best checkpoint on the search metric (and always the latest, for resuming).
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order=settings.mode),
+        ),
+    )
+    trainer.fit()
+
+
+def train_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker: the same loop, fed by this worker's data shard."""
+    import ray.train
+
+    configure_data_context()
+    torch.set_num_threads(loop_config["threads"])
+    cfg = TrainConfig.from_flat(loop_config["config"])
+    manifest = load_manifest(cfg.data_dir, verify=False)
+    device = ray.train.torch.get_device()
+    world = World.current(device)
+    data = RayDataSource({name: ray.train.get_dataset_shard(name) for name in ("train", "val")},
+                         cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer)
+    checkpoint = ray.train.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_state(folder)
+
+    def report(metrics: dict, state: dict) -> None:
+        if world.is_main:
+            with tempfile.TemporaryDirectory() as folder:
+                save_state(state, folder)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)  # a barrier: every rank reports every epoch
+
+    train(cfg, manifest, data, report, world, resume)
+
+
+def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
+    """Metrics of a saved checkpoint on one split (run once, after selection on validation)."""
+    from mmray.methods import MethodContext, get_method
+    from mmray.train.loop import build_network, evaluate
+
+    configure_data_context()
+    state = load_state(folder)
+    cfg = TrainConfig.from_flat(state["config"])
+    manifest = load_manifest(cfg.data_dir, verify=False)
+    device = torch.device("cpu")
+    data = RayDataSource({split: open_split(cfg.data_dir, manifest, split)}, cfg.batch_size, cfg.seed, device)
+    ctx = MethodContext(num_classes=manifest.num_classes, epochs=cfg.epochs, world=World.current(device), data=data)
+    method = get_method(cfg.method)(cfg.method_params, ctx)
+    network = build_network(cfg, manifest, method)
+    network.load_state_dict(state["network"])
+    method.load_state_dict(state["method"])
+    return evaluate(network, method, data.eval_batches(split), manifest.num_classes, split)

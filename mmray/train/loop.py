@@ -1,0 +1,125 @@
+"""The training loop, written once.
+
+It runs unchanged in-process, as a Tune trial and on every Ray Train worker: the launcher hands it
+a data source, a `report` function and (on resume) a saved state, and it never imports Tune or
+Train. Every epoch it evaluates on validation, then calls `report(metrics, state)`; the launcher
+decides where the state goes (a checkpoint folder, a Tune or Train checkpoint). Every worker
+calls `report` the same number of times, because under Ray Train it is a barrier.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mmray.data.manifest import Manifest
+from mmray.data.pipeline import RayDataSource
+from mmray.methods import Method, MethodContext, get_method
+from mmray.models import build_model
+from mmray.train.config import TrainConfig
+from mmray.train.metrics import accuracy, confusion, macro_f1
+from mmray.train.world import World
+
+Report = Callable[[dict, dict], None]  # (metrics, state to checkpoint)
+
+
+class Network(nn.Module):
+    """The model plus the method's own heads, as one module so DDP and the optimizer see both."""
+
+    def __init__(self, model: nn.Module, heads: nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.heads = heads
+
+    def forward(self, audio, frames):
+        out = self.model(audio, frames)
+        extras = self.heads(out) if self.heads is not None else {}
+        return out, extras
+
+
+def build_network(cfg: TrainConfig, manifest: Manifest, method: Method) -> Network:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every worker and every rerun
+    return Network(build_model(cfg.model, cfg.fusion, manifest, cfg.width), method.heads())
+
+
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(network: nn.Module, method: Method, batches, num_classes: int, prefix: str) -> dict[str, float]:
+    """Accuracy and macro-F1 of the fused and per-modality predictions, and the mean modality gap."""
+    network.eval()
+    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long) for k in ("fused", "audio", "visual")}
+    gap_sum, n = 0.0, 0
+    for batch in batches:
+        out, extras = network(batch.audio, batch.frames)
+        label = batch.label.cpu()
+        for key, logits in method.predict(out, extras).items():
+            conf[key] += confusion(logits.argmax(1).cpu(), label, num_classes)
+        # Modality gap g = p_a(y) - p_v(y) from the decision layer's two shares.
+        p_a = out.audio.softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        p_v = out.visual.softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        gap_sum += (p_a - p_v).sum().item()
+        n += label.numel()
+    network.train()
+    metrics = {}
+    for key, c in conf.items():
+        metrics[f"{prefix}/{key}_acc"] = accuracy(c)
+        metrics[f"{prefix}/{key}_f1"] = macro_f1(c)
+    metrics[f"{prefix}/gap"] = gap_sum / max(n, 1)
+    return metrics
+
+
+def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Report,
+          world: World, resume_state: dict | None = None) -> dict[str, float]:
+    """Train `cfg.epochs` epochs (continuing after `resume_state` if given); return the last metrics."""
+    ctx = MethodContext(num_classes=manifest.num_classes, epochs=cfg.epochs, world=world, data=data)
+    method = get_method(cfg.method)(cfg.method_params, ctx)
+    network = build_network(cfg, manifest, method).to(world.device)
+    wrapped = world.wrap(network)
+    optimizer = build_optimizer(cfg, network.parameters())
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                if cfg.lr_schedule == "cosine" else None)
+
+    start_epoch = 0
+    if resume_state is not None:
+        network.load_state_dict(resume_state["network"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        method.load_state_dict(resume_state["method"])
+        if schedule is not None:
+            schedule.load_state_dict(resume_state["schedule"])
+        start_epoch = resume_state["epoch"] + 1
+
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        metrics = {"epoch": epoch + 1, **method.on_epoch_start(epoch, network)}
+        loss_sum, steps = 0.0, 0
+        for batch in data.train_batches(epoch):
+            out, extras = wrapped(batch.audio, batch.frames)
+            loss = method.loss(out, extras, batch, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.after_backward(network, out, extras, batch, epoch)
+            optimizer.step()
+            loss_sum += loss.item()
+            steps += 1
+        if schedule is not None:
+            schedule.step()
+        metrics["train/loss"] = loss_sum / max(steps, 1)
+        metrics.update(method.on_epoch_end(epoch, network))
+        metrics.update(evaluate(network, method, data.eval_batches("val"), manifest.num_classes, "val"))
+        state = {
+            "epoch": epoch,
+            "config": cfg.to_flat(),
+            "network": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "method": method.state_dict(),
+            "schedule": schedule.state_dict() if schedule is not None else None,
+        }
+        report(metrics, state)
+    return metrics

@@ -1,0 +1,59 @@
+"""Who this process is among the training workers, and the collectives methods may need.
+
+Under Ray Train the process group is already initialised (gloo on CPU, NCCL on GPU); in-process
+and in a single-worker Tune trial there is one worker and every collective is the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    device: torch.device
+
+    @classmethod
+    def current(cls, device: torch.device | None = None) -> "World":
+        device = device or torch.device("cpu")
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), device)
+        return cls(0, 1, device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if self.size == 1:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Methods may leave parameters unused in a step (a unimodal baseline, a head not yet active).
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate a 1-D or N-D tensor from every worker along dim 0 (lengths may differ)."""
+        if self.size == 1:
+            return tensor
+        length = torch.tensor([tensor.shape[0]], device=tensor.device)
+        lengths = [torch.zeros_like(length) for _ in range(self.size)]
+        dist.all_gather(lengths, length)
+        longest = int(max(l.item() for l in lengths))
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.zeros_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(n.item())] for p, n in zip(parts, lengths)])

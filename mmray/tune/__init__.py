@@ -1,0 +1,1 @@
+"""The search: YAML search spaces -> validated objects -> Ray Tune + Optuna (TPE) + ASHA."""

@@ -1,0 +1,213 @@
+"""Run a search: Ray Tune drives trials, Optuna's TPE proposes them, ASHA stops the weak ones.
+
+The Optuna study lives in `<experiment>/optuna.db` (SQLite), so Optuna's own tools can open it.
+At the end the best trial's checkpoint chosen on validation is evaluated once on test, and a
+summary of every trial is written as CSV and JSON next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mmray.data.registry import resolve_data_dir
+from mmray.errors import UserError
+from mmray.train.launch import DATA_RESERVED_CPUS, TrialSettings, evaluate_checkpoint, run_trial
+from mmray.tune.space import SearchSpace
+
+STUDY_FILE = "optuna.db"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+BEST_JSON = "best.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage: Path  # folder that holds experiments
+    name: str
+    address: str | None = None  # a running Ray cluster ("auto" or host:port); None starts a local one
+    resume: bool = False
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.storage / self.name
+
+
+def prepare_run(space: SearchSpace, options: RunOptions) -> SearchSpace:
+    """Every check that can fail on bad input, before Ray starts and before anything is written."""
+    exp = options.experiment_dir
+    if options.resume and not exp.is_dir():
+        raise UserError(f"{exp}: nothing to resume (no such experiment folder)")
+    if not options.resume and exp.exists():
+        raise UserError(f"{exp}: experiment already exists; pass --resume to continue it or --name for a new one")
+    data_dir, _ = resolve_data_dir(space.dataset, space.data_dir)
+    # Trials run with another working directory: hand them an absolute path.
+    return space.with_overrides(data_dir=str(data_dir))
+
+
+def start_ray(address: str | None):
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # The classic progress table shows the searched hyperparameters; the newer output ignores CLIReporter.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if address:
+        context = ray.init(address=address, logging_level="WARNING")
+    else:
+        context = ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
+    if context.dashboard_url:
+        print(f"mmray: Ray dashboard at http://{context.dashboard_url}", flush=True)
+    return context
+
+
+def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: float) -> int:
+    """How many trials may run at once without starving Ray Data; refuse a trial that can never run."""
+    per_trial = space.resources.cpus_per_trial()
+    usable = cluster_cpus - DATA_RESERVED_CPUS
+    if per_trial > usable:
+        raise UserError(f"{space.source}: resources need {per_trial:g} CPUs per trial, but the cluster has "
+                        f"{cluster_cpus:g} and {DATA_RESERVED_CPUS:g} stays free for Ray Data; lower resources")
+    gpus = space.resources.workers * space.resources.gpus_per_worker
+    if gpus > cluster_gpus:
+        raise UserError(f"{space.source}: resources need {gpus:g} GPUs per trial, the cluster has {cluster_gpus:g}")
+    fits = int(usable // per_trial + 1e-9)
+    if gpus:
+        fits = min(fits, int(cluster_gpus // gpus))
+    return min(fits, space.max_concurrent)
+
+
+def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    exp = options.experiment_dir
+    settings = TrialSettings(resources=space.resources, storage_path=str(exp / "train"),
+                             metric=space.metric, mode=space.mode)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, settings=settings),
+        tune.PlacementGroupFactory(space.resources.trial_bundles()),
+    )
+    if options.resume:
+        return tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+    exp.mkdir(parents=True)
+    searcher = OptunaSearch(
+        space=space.define_by_run(),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=optuna.samplers.TPESampler(seed=space.seed),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{exp / STUDY_FILE}"),
+        study_name=space.name,
+    )
+    scheduler = (ASHAScheduler(metric=space.metric, mode=space.mode, time_attr="training_iteration", max_t=space.epochs,
+                               grace_period=space.scheduler.grace_period,
+                               reduction_factor=space.scheduler.reduction_factor)
+                 if space.scheduler.type == "asha" else FIFOScheduler())
+    reporter = tune.CLIReporter(
+        parameter_columns=[p.name for p in space.params],
+        metric_columns={"epoch": "epoch", space.metric: space.metric, "val/audio_acc": "audio",
+                        "val/visual_acc": "visual"},
+        max_report_frequency=15,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher,
+                                    scheduler=scheduler, num_samples=space.num_samples,
+                                    max_concurrent_trials=concurrency,
+                                    trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+        run_config=tune.RunConfig(
+            name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1,
+            # Best checkpoint on the search metric, plus the latest one for resuming.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                                    checkpoint_score_order=space.mode),
+        ),
+    )
+
+
+def selected_checkpoint(result, metric: str, mode: str) -> Path | None:
+    """The trial's checkpoint at its best validation epoch (Tune's own, or Ray Train's for N workers)."""
+    history = result.metrics_dataframe
+    if history is None or history.empty or metric not in history:
+        return None
+    best_row = history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
+    if "checkpoint_path" in history and isinstance(best_row.get("checkpoint_path"), str):
+        return Path(best_row["checkpoint_path"])
+    best = result.get_best_checkpoint(metric, mode)
+    return Path(best.path) if best is not None else None
+
+
+def summarize(results, space: SearchSpace) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        row = {"trial_id": result.metrics.get("trial_id") if result.metrics else None,
+               "status": "ERROR" if result.error else "TERMINATED",
+               **{f"config/{p.name}": result.config.get(p.name) for p in space.params}}
+        if history is not None and not history.empty and space.metric in history:
+            best = history.loc[history[space.metric].idxmax() if space.mode == "max" else history[space.metric].idxmin()]
+            row.update({"epochs_run": int(history["epoch"].max()), "best_epoch": int(best["epoch"])})
+            row.update({k: float(best[k]) for k in history.columns if k.startswith("val/")})
+        row["path"] = result.path
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_search(space: SearchSpace, options: RunOptions) -> dict:
+    space = prepare_run(space, options)
+    start_ray(options.address)
+    import ray
+
+    resources = ray.cluster_resources()
+    concurrency = concurrent_trials(space, resources.get("CPU", 0), resources.get("GPU", 0))
+    if concurrency < space.max_concurrent:
+        print(f"mmray: {concurrency} trial(s) at once fit this cluster (max_concurrent is {space.max_concurrent})",
+              flush=True)
+    results = build_tuner(space, options, concurrency).fit()
+
+    exp = options.experiment_dir
+    table = summarize(results, space)
+    table.to_csv(exp / SUMMARY_CSV, index=False)
+    (exp / SUMMARY_JSON).write_text(table.to_json(orient="records", indent=2))
+    if results.num_errors:
+        print(f"mmray: {results.num_errors} trial(s) failed; see {exp} for their logs", flush=True)
+    ok = table.dropna(subset=[space.metric]) if space.metric in table else table.iloc[0:0]
+    if ok.empty:
+        raise RuntimeError(f"no trial of {exp} reported {space.metric}")
+    best_row = ok.loc[ok[space.metric].idxmax() if space.mode == "max" else ok[space.metric].idxmin()]
+    best_result = next(r for r in results if r.path == best_row["path"])
+    checkpoint = selected_checkpoint(best_result, space.metric, space.mode)
+    test = evaluate_checkpoint(checkpoint, "test") if checkpoint else {}
+    best = {
+        "trial_id": best_row["trial_id"],
+        "config": {k: v for k, v in best_result.config.items() if not _is_nan(v)},
+        "validation": {k: float(best_row[k]) for k in ok.columns if k.startswith("val/")},
+        "best_epoch": int(best_row["best_epoch"]),
+        "test": test,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "experiment": str(exp),
+        "study": f"sqlite:///{exp / STUDY_FILE}",
+    }
+    (exp / BEST_JSON).write_text(json.dumps(best, indent=2, default=str))
+    print_best(best, space)
+    return best
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def print_best(best: dict, space: SearchSpace) -> None:
+    searched = {p.name: best["config"].get(p.name) for p in space.params}
+    fmt = lambda d: "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
+    print("\n== mmray: best trial", best["trial_id"], f"(epoch {best['best_epoch']}, selected on {space.metric})")
+    print("config     ", fmt(searched) or "(nothing searched)")
+    print("validation ", fmt(best["validation"]))
+    print("test       ", fmt(best["test"]))
+    print("results    ", best["experiment"], f"({SUMMARY_CSV}, {SUMMARY_JSON}, {BEST_JSON}, {STUDY_FILE})", flush=True)

@@ -1,0 +1,305 @@
+"""Search-space YAML -> a validated `SearchSpace`, before Ray starts.
+
+A search space names the method, dataset, metric and mode, how many trials and how many at once,
+the scheduler, each trial's resources, the fixed settings and the searched ones:
+
+    method: joint
+    dataset: synthetic-av
+    metric: val/fused_acc          # validation metrics only
+    mode: max
+    num_samples: 6
+    max_concurrent: 1
+    scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+    fixed: {epochs: 6, batch_size: 64}
+    params:
+      lr: {type: log-float, low: 3.0e-4, high: 3.0e-3}
+      fusion: {type: categorical, choices: [concat, sum]}
+      momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}   # conditional
+
+Every error names the file and the key at fault.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from mmray.config import build, coerce
+from mmray.errors import UserError
+from mmray.methods import get_method
+from mmray.train.config import TrainConfig, key_type
+from mmray.train.launch import WorkerResources
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+PARAM_TYPES = ("int", "float", "log-float", "categorical")
+# Top-level keys that are run settings, not hyperparameters: they may not appear in fixed/params.
+RUN_LEVEL_KEYS = ("method", "dataset", "data_dir", "seed")
+METRICS = tuple(f"val/{head}_{kind}" for head in ("fused", "audio", "visual") for kind in ("acc", "f1")) + ("val/gap",)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: Literal["int", "float", "log-float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+    when: dict[str, tuple] = field(default_factory=dict)  # key -> allowed values
+
+    def active(self, values: dict) -> bool:
+        return all(values.get(key) in allowed for key, allowed in self.when.items())
+
+    def suggest(self, trial) -> Any:
+        """Ask an Optuna trial for this parameter."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1))
+        if self.type == "log-float":
+            return trial.suggest_float(self.name, self.low, self.high, log=True)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step)
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The Optuna define-by-run function: cheap suggest_* calls only, conditionals included.
+
+    A class rather than a closure because Tune pickles the searcher with the experiment state.
+    """
+    constants: dict[str, Any]
+    params: tuple[Param, ...]
+
+    def __call__(self, trial) -> dict[str, Any]:
+        values = dict(self.constants)
+        for param in self.params:
+            if param.active(values):
+                values[param.name] = param.suggest(trial)
+        return self.constants  # merged into the trial's config next to the suggested values
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    source: Path
+    name: str
+    method: str
+    dataset: str
+    metric: str
+    mode: Literal["max", "min"]
+    num_samples: int
+    max_concurrent: int
+    scheduler: Scheduler
+    resources: WorkerResources
+    fixed: dict[str, Any]
+    params: tuple[Param, ...]
+    data_dir: str | None = None
+    seed: int = 0
+
+    @property
+    def epochs(self) -> int:
+        return int(self.fixed.get("epochs", TrainConfig.epochs))
+
+    def constants(self) -> dict[str, Any]:
+        """The settings every trial shares (merged into each trial's config)."""
+        return {"method": self.method, "dataset": self.dataset, "data_dir": self.data_dir,
+                "seed": self.seed, **self.fixed}
+
+    def define_by_run(self) -> "DefineByRun":
+        return DefineByRun(self.constants(), self.params)
+
+    def with_overrides(self, **overrides) -> "SearchSpace":
+        """Apply command-line overrides (None means "not given") and re-validate what they touch."""
+        epochs = overrides.pop("epochs", None)
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        space = replace(self, **changes)
+        if epochs is not None:
+            space = replace(space, fixed={**space.fixed, "epochs": epochs})
+        _check_space(space, where=f"{self.source} (with command-line overrides)")
+        return space
+
+
+def resolve_space_path(name: str) -> Path:
+    """`gmm.yaml` or `gmm` -> search_spaces/gmm.yaml; anything that exists as a path is used as is."""
+    as_path = Path(name).expanduser()
+    if as_path.is_file():
+        return as_path.resolve()
+    for candidate in (SPACES_DIR / name, SPACES_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.name for p in SPACES_DIR.glob("*.yaml"))) or "none"
+    raise UserError(f"{name}: no such search space file (nor in {SPACES_DIR}: {known})")
+
+
+def load_space(name: str) -> SearchSpace:
+    path = resolve_space_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_space(raw, path)
+
+
+TOP_LEVEL = ("name", "method", "dataset", "data_dir", "metric", "mode", "num_samples", "max_concurrent",
+             "seed", "scheduler", "resources", "fixed", "params")
+REQUIRED = ("method", "dataset", "metric", "mode")
+
+
+def parse_space(raw: Any, path: Path) -> SearchSpace:
+    where = str(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of settings at the top level")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(TOP_LEVEL)})")
+    for key in REQUIRED:
+        if key not in raw:
+            raise UserError(f"{where}: missing required key {key!r}")
+    method = coerce(raw["method"], str, f"{where}: method")
+    get_method(method)  # unknown method -> a clear error
+    space = SearchSpace(
+        source=path,
+        name=coerce(raw.get("name", path.stem), str, f"{where}: name"),
+        method=method,
+        dataset=coerce(raw["dataset"], str, f"{where}: dataset"),
+        data_dir=coerce(raw.get("data_dir"), str | None, f"{where}: data_dir"),
+        metric=coerce(raw["metric"], str, f"{where}: metric"),
+        mode=coerce(raw["mode"], Literal["max", "min"], f"{where}: mode"),
+        num_samples=coerce(raw.get("num_samples", 8), int, f"{where}: num_samples"),
+        max_concurrent=coerce(raw.get("max_concurrent", 1), int, f"{where}: max_concurrent"),
+        seed=coerce(raw.get("seed", 0), int, f"{where}: seed"),
+        scheduler=build(Scheduler, raw.get("scheduler") or {}, f"{where}: scheduler"),
+        resources=build(WorkerResources, raw.get("resources") or {}, f"{where}: resources"),
+        fixed=_parse_fixed(raw.get("fixed") or {}, method, where),
+        params=(),
+    )
+    space = replace(space, params=_parse_params(raw.get("params") or {}, space, where))
+    _check_space(space, where)
+    return space
+
+
+def _parse_fixed(fixed: Any, method: str, where: str) -> dict[str, Any]:
+    if not isinstance(fixed, dict):
+        raise UserError(f"{where}: fixed must be a mapping of setting: value")
+    out = {}
+    for key, value in fixed.items():
+        at = f"{where}: fixed.{key}"
+        if key in RUN_LEVEL_KEYS:
+            raise UserError(f"{at}: set {key!r} at the top level, not under fixed")
+        annotation = key_type(method, key)
+        if annotation is None:
+            raise UserError(f"{at}: unknown setting for method {method!r}")
+        out[key] = coerce(value, annotation, at)
+    return out
+
+
+def _parse_params(params: Any, space: SearchSpace, where: str) -> tuple[Param, ...]:
+    if not isinstance(params, dict):
+        raise UserError(f"{where}: params must be a mapping of name: {{type: ..., ...}}")
+    parsed: list[Param] = []
+    for name, spec in params.items():
+        at = f"{where}: params.{name}"
+        if name in RUN_LEVEL_KEYS or name == "epochs":
+            raise UserError(f"{at}: {name!r} cannot be searched (it is a run setting)")
+        annotation = key_type(space.method, name)
+        if annotation is None:
+            raise UserError(f"{at}: unknown setting for method {space.method!r}")
+        if name in space.fixed:
+            raise UserError(f"{at}: also given under fixed; keep one")
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise UserError(f"{at}: expected {{type: {'|'.join(PARAM_TYPES)}, ...}}")
+        kind = spec["type"]
+        if kind not in PARAM_TYPES:
+            raise UserError(f"{at}.type: {kind!r} is not one of {list(PARAM_TYPES)}")
+        allowed = {"type", "when"} | ({"choices"} if kind == "categorical" else {"low", "high", "step"})
+        for key in spec:
+            if key not in allowed:
+                raise UserError(f"{at}: unknown key {key!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
+        when = _parse_when(spec.get("when") or {}, space, parsed, at)
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise UserError(f"{at}.choices: needs a non-empty list")
+            parsed.append(Param(name, kind, choices=tuple(coerce(c, annotation, f"{at}.choices") for c in choices),
+                                when=when))
+            continue
+        base = _base_type(annotation)
+        if base not in (int, float):
+            raise UserError(f"{at}: {name!r} is not numeric; use type: categorical")
+        if kind == "int" and base is not int:
+            raise UserError(f"{at}.type: {name!r} is a float setting; use float or log-float")
+        if kind != "int" and base is int:
+            raise UserError(f"{at}.type: {name!r} is an integer setting; use int")
+        for key in ("low", "high"):
+            if key not in spec:
+                raise UserError(f"{at}: missing {key!r}")
+        low = coerce(spec["low"], base, f"{at}.low")
+        high = coerce(spec["high"], base, f"{at}.high")
+        step = coerce(spec["step"], base, f"{at}.step") if spec.get("step") is not None else None
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+            raise UserError(f"{at}: empty or inverted range [{low}, {high}]")
+        if kind == "log-float" and low <= 0:
+            raise UserError(f"{at}.low: a log-float range needs low > 0, got {low}")
+        if step is not None and (step <= 0 or step > high - low):
+            raise UserError(f"{at}.step: {step} must be positive and at most high - low")
+        if step is not None and kind == "log-float":
+            raise UserError(f"{at}.step: a log-float range cannot have a step")
+        parsed.append(Param(name, kind, low=low, high=high, step=step, when=when))
+    return tuple(parsed)
+
+
+def _parse_when(when: Any, space: SearchSpace, earlier: list[Param], at: str) -> dict[str, tuple]:
+    if not isinstance(when, dict):
+        raise UserError(f"{at}.when: expected a mapping of setting: value (or list of values)")
+    known = set(space.fixed) | {p.name for p in earlier} | {"method", "dataset"}
+    out = {}
+    for key, value in when.items():
+        if key not in known:
+            raise UserError(f"{at}.when.{key}: must name a fixed setting or a parameter listed before this one")
+        out[key] = tuple(value) if isinstance(value, list) else (value,)
+    return out
+
+
+def _base_type(annotation: Any) -> Any:
+    if get_origin(annotation) is Literal:
+        return None
+    options = [a for a in get_args(annotation) if a is not type(None)]
+    return options[0] if options else annotation
+
+
+def _check_space(space: SearchSpace, where: str) -> None:
+    """Cross-field checks, and one full trial config built from the space to catch anything else early."""
+    if not space.metric.startswith("val/"):
+        raise UserError(f"{where}: metric {space.metric!r} must be a validation metric (val/...); never select on test")
+    if space.metric not in METRICS:
+        raise UserError(f"{where}: metric {space.metric!r} is not one of {list(METRICS)}")
+    for key in ("num_samples", "max_concurrent"):
+        if getattr(space, key) < 1:
+            raise UserError(f"{where}: {key} must be at least 1, got {getattr(space, key)}")
+    r = space.resources
+    if r.workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
+        raise UserError(f"{where}: resources need workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0")
+    s = space.scheduler
+    if s.type == "asha" and not (1 <= s.grace_period <= space.epochs):
+        raise UserError(f"{where}: scheduler.grace_period {s.grace_period} must be between 1 and epochs ({space.epochs})")
+    if s.reduction_factor <= 1:
+        raise UserError(f"{where}: scheduler.reduction_factor must be above 1, got {s.reduction_factor}")
+    example = space.constants()
+    for p in space.params:
+        example[p.name] = p.choices[0] if p.type == "categorical" else p.low
+    TrainConfig.from_flat(example, where=f"{where}: settings")
