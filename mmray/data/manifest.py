@@ -121,6 +121,7 @@ def load_manifest(root: str | Path, verify: bool = True) -> Manifest:
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable manifest ({e})") from None
     where = str(path)
+    _require(isinstance(raw, dict), where, "malformed manifest (expected a JSON object)")
     try:
         _require(raw.get("format_version") == FORMAT_VERSION, where,
                  f"format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
@@ -135,8 +136,8 @@ def load_manifest(root: str | Path, verify: bool = True) -> Manifest:
             skipped=list(raw.get("skipped", [])),
             notes=list(raw.get("notes", [])),
         )
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{where}: malformed manifest (missing or wrong key {e})") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None
     _require(manifest.num_classes >= 2, where, "class_names needs at least 2 classes")
     _require(len(manifest.audio.shape) == 3, where, f"audio.shape {list(manifest.audio.shape)} is not [C, F, T]")
     _require(manifest.audio.dtype in AUDIO_DTYPES, where, f"audio.dtype {manifest.audio.dtype!r} not in {AUDIO_DTYPES}")

@@ -17,9 +17,12 @@ import torch
 from mmray.data.manifest import Manifest
 from mmray.data.shards import decode_audio, decode_frames
 
-# Ray Data tasks take a fraction of a CPU so that a trial holding whole CPUs never starves
-# its own pipeline (see docs: on 2 cores, 1-CPU read tasks deadlock behind the trial's CPU).
+# Read and decode tasks take a fraction of a CPU: several run on the CPU kept free for Ray Data.
 DATA_TASK_CPUS = 0.25
+# Splits whose decoded tensors fit in this many bytes are read and decoded once, kept in Ray's
+# object store and streamed from there every epoch; larger ones stream from the shards each epoch.
+# A fresh pass over shards costs 1-2 s of start-up, which would dominate small epochs.
+CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
 def configure_data_context(quiet: bool = True) -> None:
@@ -30,6 +33,7 @@ def configure_data_context(quiet: bool = True) -> None:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" line per epoch
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
 
 
 class Decode:
@@ -56,6 +60,22 @@ def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarr
         keep = set(int(i) for i in keep_indices)
         ds = ds.filter(lambda row: row["index"] in keep, num_cpus=DATA_TASK_CPUS)
     return ds.map_batches(Decode(manifest), batch_format="numpy", num_cpus=DATA_TASK_CPUS, batch_size=256)
+
+
+def decoded_bytes(manifest: Manifest, split: str) -> int:
+    f = manifest.frames
+    per_sample = 4 * (int(np.prod(manifest.audio.shape)) + f.count * f.channels * f.height * f.width) + 16
+    return per_sample * manifest.split_size(split)
+
+
+def load_splits(root: str, manifest: Manifest, splits=("train", "val")) -> dict[str, ray.data.Dataset]:
+    """Datasets for the training loop: cached in the object store when small (see CACHE_LIMIT_BYTES)."""
+    datasets = {}
+    cache = sum(decoded_bytes(manifest, s) for s in splits) <= CACHE_LIMIT_BYTES
+    for split in splits:
+        ds = open_split(root, manifest, split)
+        datasets[split] = ds.materialize() if cache else ds
+    return datasets
 
 
 @dataclass

@@ -31,7 +31,8 @@ def encode_frames(frames: np.ndarray, encoding: str) -> list[bytes]:
     out = []
     for f in frames:
         buf = io.BytesIO()
-        Image.fromarray(f).save(buf, format="JPEG", quality=95)
+        # No chroma subsampling: small frames would lose most of their colour detail.
+        Image.fromarray(f).save(buf, format="JPEG", quality=95, subsampling=0)
         out.append(buf.getvalue())
     return out
 
@@ -93,6 +94,8 @@ def staged_output(out: Path, force: bool = False):
     the output folder never looks complete when it is not.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
     if (out / MANIFEST_FILE).exists() and not force:
         raise UserError(f"{out}: already holds a prepared dataset (use --force to replace it)")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():

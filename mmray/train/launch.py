@@ -10,14 +10,15 @@ Ray Data feeds all three through the same pipeline.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mmray.data.manifest import Manifest, load_manifest
-from mmray.data.pipeline import RayDataSource, configure_data_context, open_split
+from mmray.data.manifest import load_manifest
+from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits, open_split
 from mmray.train.checkpoint import load_state, save_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
@@ -27,8 +28,9 @@ from mmray.train.world import World
 # schedules its tasks outside the trials' placement groups, and its file-listing task needs a
 # whole CPU: if trials and workers hold every CPU, the pipeline (and so the trial) waits forever.
 DATA_RESERVED_CPUS = 1.0
-# A trial that only drives a Ray Train run holds (almost) no CPU of its own.
-DRIVER_CPUS = 0.01
+# A trial that only drives a Ray Train run holds no CPU, only a little memory (a placement-group
+# bundle cannot be empty): its CPUs are the Train workers'.
+DRIVER_BUNDLE = {"memory": 256 * 1024**2}
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class WorkerResources:
     def trial_bundles(self) -> list[dict]:
         """The trial's own placement group. With N workers Ray Train reserves the workers separately."""
         if self.workers > 1:
-            return [{"CPU": DRIVER_CPUS}]
+            return [dict(DRIVER_BUNDLE)]
         own = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:
             own["GPU"] = self.gpus_per_worker
@@ -52,16 +54,12 @@ class WorkerResources:
 
     def cpus_per_trial(self) -> float:
         if self.workers > 1:
-            return DRIVER_CPUS + self.workers * self.cpus_per_worker
+            return self.workers * self.cpus_per_worker
         return self.cpus_per_worker
 
 
 def device_for(resources: WorkerResources) -> torch.device:
     return torch.device("cuda") if resources.gpus_per_worker and torch.cuda.is_available() else torch.device("cpu")
-
-
-def _splits(data_dir: str, manifest: Manifest, names=("train", "val")) -> dict:
-    return {name: open_split(data_dir, manifest, name) for name in names}
 
 
 def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1) -> tuple[dict, Path]:
@@ -82,7 +80,8 @@ def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1) -> t
             best["score"] = metrics["val/fused_acc"]
             save_state(state, out_dir / "best")
 
-    data = RayDataSource(_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, torch.device("cpu"), cfg.shuffle_buffer)
+    data = RayDataSource(load_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, torch.device("cpu"),
+                         cfg.shuffle_buffer)
     resume = load_state(out_dir / "last") if (out_dir / "last").exists() else None
     metrics = train(cfg, manifest, data, report, World.current(), resume)
     return metrics, out_dir / "best"
@@ -97,21 +96,26 @@ class TrialSettings:
     mode: str  # "max" | "min"
 
 
-def run_trial(config: dict, settings: TrialSettings) -> None:
-    """A Tune trial: the loop in the trial itself (1 worker) or a TorchTrainer over N workers."""
+def run_trial(config: dict, settings: TrialSettings, datasets: dict) -> None:
+    """A Tune trial: the loop in the trial itself (1 worker) or a TorchTrainer over N workers.
+
+    `datasets` ("train", "val") are opened once by the search driver and shared by every trial.
+    """
     import ray.tune
 
     configure_data_context()
+    for name in ("ray.tune", "ray.train"):  # no "checkpoint created" line per epoch in the progress output
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = TrainConfig.from_flat(config)
     manifest = load_manifest(cfg.data_dir, verify=False)  # verified once by the search driver
     resources = settings.resources
     if resources.workers > 1:
-        _run_train_driver(config, cfg, manifest, settings)
+        _run_train_driver(config, settings, datasets)
         return
 
     torch.set_num_threads(resources.torch_threads)
     device = device_for(resources)
-    data = RayDataSource(_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer)
+    data = RayDataSource(datasets, cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer)
     checkpoint = ray.tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
@@ -126,7 +130,7 @@ def run_trial(config: dict, settings: TrialSettings) -> None:
     train(cfg, manifest, data, report, World.current(device), resume)
 
 
-def _run_train_driver(config: dict, cfg: TrainConfig, manifest: Manifest, settings: TrialSettings) -> None:
+def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> None:
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
@@ -142,7 +146,7 @@ def _run_train_driver(config: dict, cfg: TrainConfig, manifest: Manifest, settin
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
             resources_per_worker=worker_resources),
-        datasets=_splits(cfg.data_dir, manifest),
+        datasets=datasets,
         # Each worker streams its own part of train; every worker sees all of validation.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(

@@ -22,7 +22,8 @@ from mmray.train.config import TrainConfig
 from mmray.train.metrics import accuracy, confusion, macro_f1
 from mmray.train.world import World
 
-Report = Callable[[dict, dict], None]  # (metrics, state to checkpoint)
+# (metrics, state to checkpoint). The state holds the live tensors: save it before returning.
+Report = Callable[[dict, dict], None]
 
 
 class Network(nn.Module):

@@ -50,8 +50,12 @@ def prepare_run(space: SearchSpace, options: RunOptions) -> SearchSpace:
     return space.with_overrides(data_dir=str(data_dir))
 
 
-def start_ray(address: str | None):
+def start_ray(address: str | None) -> None:
+    """Connect to `address`, or start a local Ray (reusing one this process already started)."""
     import ray
+
+    if ray.is_initialized():
+        return
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # The classic progress table shows the searched hyperparameters; the newer output ignores CLIReporter.
@@ -62,7 +66,6 @@ def start_ray(address: str | None):
         context = ray.init(logging_level="WARNING", dashboard_host="127.0.0.1")
     if context.dashboard_url:
         print(f"mmray: Ray dashboard at http://{context.dashboard_url}", flush=True)
-    return context
 
 
 def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: float) -> int:
@@ -82,6 +85,9 @@ def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: flo
 
 
 def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
+    from mmray.data.manifest import load_manifest
+    from mmray.data.pipeline import configure_data_context, load_splits
+
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -90,8 +96,10 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
     exp = options.experiment_dir
     settings = TrialSettings(resources=space.resources, storage_path=str(exp / "train"),
                              metric=space.metric, mode=space.mode)
+    configure_data_context()
+    datasets = load_splits(space.data_dir, load_manifest(space.data_dir, verify=False))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, settings=settings),
+        tune.with_parameters(run_trial, settings=settings, datasets=datasets),
         tune.PlacementGroupFactory(space.resources.trial_bundles()),
     )
     if options.resume:
@@ -111,7 +119,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
                                reduction_factor=space.scheduler.reduction_factor)
                  if space.scheduler.type == "asha" else FIFOScheduler())
     reporter = tune.CLIReporter(
-        parameter_columns=[p.name for p in space.params],
+        parameter_columns=[p.name for p in space.params] or ["method"],
         metric_columns={"epoch": "epoch", space.metric: space.metric, "val/audio_acc": "audio",
                         "val/visual_acc": "visual"},
         max_report_frequency=15,
@@ -120,7 +128,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher,
                                     scheduler=scheduler, num_samples=space.num_samples,
-                                    max_concurrent_trials=concurrency,
+                                    max_concurrent_trials=concurrency, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
             name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1,

@@ -171,7 +171,10 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         if key not in raw:
             raise UserError(f"{where}: missing required key {key!r}")
     method = coerce(raw["method"], str, f"{where}: method")
-    get_method(method)  # unknown method -> a clear error
+    try:
+        get_method(method)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     space = SearchSpace(
         source=path,
         name=coerce(raw.get("name", path.stem), str, f"{where}: name"),
@@ -266,12 +269,18 @@ def _parse_params(params: Any, space: SearchSpace, where: str) -> tuple[Param, .
 def _parse_when(when: Any, space: SearchSpace, earlier: list[Param], at: str) -> dict[str, tuple]:
     if not isinstance(when, dict):
         raise UserError(f"{at}.when: expected a mapping of setting: value (or list of values)")
-    known = set(space.fixed) | {p.name for p in earlier} | {"method", "dataset"}
+    earlier_by_name = {p.name: p for p in earlier}
     out = {}
     for key, value in when.items():
-        if key not in known:
+        if key not in space.fixed and key not in earlier_by_name:
             raise UserError(f"{at}.when.{key}: must name a fixed setting or a parameter listed before this one")
-        out[key] = tuple(value) if isinstance(value, list) else (value,)
+        values = tuple(value) if isinstance(value, list) else (value,)
+        param = earlier_by_name.get(key)
+        for v in values:
+            coerce(v, key_type(space.method, key), f"{at}.when.{key}")
+            if param is not None and param.type == "categorical" and v not in param.choices:
+                raise UserError(f"{at}.when.{key}: {v!r} is not one of its choices {list(param.choices)}")
+        out[key] = values
     return out
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures (`mmray bench search | data | imbalance`)."""

@@ -1,0 +1,76 @@
+"""`mmray bench data`: can Ray Data feed a training worker faster than the step consumes?
+
+Measures, with the same torch threads:
+- delivered: samples per second that the Ray Data pipeline (read, decode, shuffle, batch) hands
+  to the worker when the worker does nothing else, over whole epochs (start-up included);
+- consumed: samples per second the training step (forward, backward, optimizer step) processes
+  on batches already in memory.
+Target: delivered >= 3x consumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmray bench data", description=__doc__)
+    parser.add_argument("--dataset", default="synthetic-av")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                        help="training settings for the step, e.g. --set model=resnet18")
+    args = parser.parse_args(argv)
+
+    import ray
+    import torch
+    import yaml
+
+    from mmray.bench.memory import InMemoryDataSource
+    from mmray.data.pipeline import RayDataSource, configure_data_context, open_split
+    from mmray.data.registry import resolve_data_dir
+    from mmray.methods import MethodContext, get_method
+    from mmray.train.config import TrainConfig
+    from mmray.train.loop import build_network, build_optimizer
+    from mmray.train.world import World
+
+    data_dir, manifest = resolve_data_dir(args.dataset, args.data_dir)
+    settings = dict(item.split("=", 1) for item in args.set)
+    cfg = TrainConfig.from_flat({"dataset": args.dataset, "data_dir": str(data_dir),
+                                 **{k: yaml.safe_load(v) for k, v in settings.items()}})
+    torch.set_num_threads(args.threads)
+
+    ray.init(num_cpus=2 if args.threads < 2 else args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    configure_data_context()
+    source = RayDataSource({"train": open_split(str(data_dir), manifest, "train")}, cfg.batch_size, cfg.seed,
+                           torch.device("cpu"), cfg.shuffle_buffer)
+    delivered = []
+    for epoch in range(args.epochs):
+        start, n = time.perf_counter(), 0
+        for batch in source.train_batches(epoch):
+            n += len(batch.label)
+        delivered.append(n / (time.perf_counter() - start))
+    ray.shutdown()
+
+    memory = InMemoryDataSource(str(data_dir), manifest, cfg.batch_size, cfg.seed, splits=("train",))
+    world = World.current()
+    method = get_method(cfg.method)(cfg.method_params, MethodContext(manifest.num_classes, cfg.epochs, world, memory))
+    network = build_network(cfg, manifest, method)
+    optimizer = build_optimizer(cfg, network.parameters())
+    start, n = time.perf_counter(), 0
+    for batch in memory.train_batches(0):
+        out, extras = network(batch.audio, batch.frames)
+        loss = method.loss(out, extras, batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        n += len(batch.label)
+    consumed = n / (time.perf_counter() - start)
+
+    print(f"\nmmray bench data: {manifest.dataset}, model {cfg.model}, batch {cfg.batch_size}, {args.threads} torch thread(s)")
+    print("  delivered by Ray Data, per epoch  " + "  ".join(f"{d:9.0f}" for d in delivered) + "  samples/s")
+    print(f"  consumed by the training step     {consumed:9.0f} samples/s")
+    print(f"  ratio delivered / consumed        {min(delivered) / consumed:9.2f} x (slowest epoch; target >= 3)")
+    return 0

@@ -1,0 +1,111 @@
+"""End to end on a real local Ray: Tune + Optuna (SQLite) + ASHA over trials fed by Ray Data,
+a 2-worker DDP trial under Ray Train, and resuming a killed search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from mmray.errors import UserError
+from mmray.tune.search import BEST_JSON, STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, RunOptions, run_search
+from mmray.tune.space import load_space
+
+SPACE = {
+    "method": "joint", "dataset": "synthetic-av", "metric": "val/fused_acc", "mode": "max",
+    "num_samples": 2, "max_concurrent": 1, "seed": 0,
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"workers": 1, "cpus_per_worker": 1},
+    "fixed": {"epochs": 2, "batch_size": 32, "width": 8},
+    "params": {"lr": {"type": "log-float", "low": 1e-3, "high": 1e-2},
+               "fusion": {"type": "categorical", "choices": ["concat", "sum"]}},
+}
+
+
+def _space_file(tmp_path: Path, name: str, **changes) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, **changes}))
+    return path
+
+
+def test_search_writes_summary_study_and_test_metrics(ray_local, tiny_synthetic, tmp_path):
+    space = load_space(str(_space_file(tmp_path, "small"))).with_overrides(data_dir=str(tiny_synthetic))
+    options = RunOptions(storage=tmp_path / "results", name="small")
+    best = run_search(space, options)
+
+    exp = tmp_path / "results" / "small"
+    table = pd.read_csv(exp / SUMMARY_CSV)
+    assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}
+    assert len(json.loads((exp / SUMMARY_JSON).read_text())) == 2
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{exp / STUDY_FILE}")
+    assert len(study.trials) == 2
+    assert {t.params["fusion"] for t in study.trials} <= {"concat", "sum"}
+    assert best["validation"]["val/fused_acc"] == table["val/fused_acc"].max()
+    assert set(best["test"]) >= {"test/fused_acc", "test/audio_acc", "test/visual_acc"}
+    assert Path(best["checkpoint"]).is_dir()
+    assert json.loads((exp / BEST_JSON).read_text())["trial_id"] == best["trial_id"]
+
+    # The experiment folder is never overwritten by a new run of the same name.
+    before = (exp / SUMMARY_CSV).read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        run_search(space, options)
+    assert (exp / SUMMARY_CSV).read_bytes() == before
+
+
+def test_two_worker_ddp_trial(ray_local, tiny_synthetic, tmp_path):
+    path = _space_file(tmp_path, "ddp", num_samples=1, params={}, scheduler={"type": "fifo"},
+                       resources={"workers": 2, "cpus_per_worker": 0.5})
+    space = load_space(str(path)).with_overrides(data_dir=str(tiny_synthetic))
+    best = run_search(space, RunOptions(storage=tmp_path / "results", name="ddp"))
+
+    exp = tmp_path / "results" / "ddp"
+    train_runs = list((exp / "train").glob("train-*"))
+    assert len(train_runs) == 1, "the trial ran a Ray Train run"
+    assert "checkpoint_" in best["checkpoint"] and str(exp / "train") in best["checkpoint"]
+    history = pd.read_csv(exp / SUMMARY_CSV)
+    assert history["epochs_run"].item() == 2
+    assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
+
+
+def _completed_trials(exp: Path, epochs: int) -> list[Path]:
+    done = []
+    for result in exp.glob("trial_*/result.json"):
+        if len(result.read_text().splitlines()) >= epochs:
+            done.append(result)
+    return done
+
+
+def test_resume_after_kill_finishes_without_rerunning(no_ray, tiny_synthetic, tmp_path):
+    space = _space_file(tmp_path, "resumable", num_samples=3, scheduler={"type": "fifo"})
+    command = [sys.executable, "-m", "mmray.tune", "--space", str(space), "--storage", str(tmp_path / "res"),
+               "--data-dir", str(tiny_synthetic)]
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    exp = tmp_path / "res" / "resumable"
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.time() + 240
+    while not _completed_trials(exp, 2) and time.time() < deadline and run.poll() is None:
+        time.sleep(1)
+    time.sleep(2)  # let Tune record the finished trial
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    done = _completed_trials(exp, 2)
+    assert len(done) == 1, "killed after exactly one finished trial"
+    finished_before = {p: p.read_bytes() for p in done}
+
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    table = pd.read_csv(exp / SUMMARY_CSV)
+    assert len(table) == 3 and set(table["status"]) == {"TERMINATED"}
+    for path, content in finished_before.items():
+        assert path.read_bytes() == content, "the finished trial was not run again"
+    assert "best trial" in resumed.stdout
