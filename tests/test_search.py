@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,21 +86,31 @@ def _completed_trials(exp: Path, epochs: int) -> list[Path]:
     return done
 
 
-def test_resume_after_kill_finishes_without_rerunning(no_ray, tiny_synthetic, tmp_path):
-    space = _space_file(tmp_path, "resumable", num_samples=3, scheduler={"type": "fifo"})
+@pytest.fixture
+def short_tmp():
+    """Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep for RAY_TMPDIR."""
+    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_resume_after_kill_finishes_without_rerunning(no_ray, short_tmp, tiny_synthetic, tmp_path):
+    epochs = 4
+    space = _space_file(tmp_path, "resumable", num_samples=3, scheduler={"type": "fifo"},
+                        fixed={**SPACE["fixed"], "epochs": epochs})
     command = [sys.executable, "-m", "mmray.tune", "--space", str(space), "--storage", str(tmp_path / "res"),
                "--data-dir", str(tiny_synthetic)]
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    env = {**os.environ, "RAY_TMPDIR": str(short_tmp)}
     exp = tmp_path / "res" / "resumable"
-    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    log = open(tmp_path / "first-run.log", "w")
+    run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
-    while not _completed_trials(exp, 2) and time.time() < deadline and run.poll() is None:
-        time.sleep(1)
-    time.sleep(2)  # let Tune record the finished trial
+    while not _completed_trials(exp, epochs) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert run.poll() is None, "the search ended before it could be killed: " + (tmp_path / "first-run.log").read_text()[-3000:]
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    done = _completed_trials(exp, 2)
+    done = _completed_trials(exp, epochs)
     assert len(done) == 1, "killed after exactly one finished trial"
     finished_before = {p: p.read_bytes() for p in done}
 

@@ -39,6 +39,7 @@ class SyntheticConfig:
     max_shift: int = 4  # pixels; a random per-frame translation of the visual pattern
     corrupt_fraction: float = 0.1
     silent_fraction: float = 0.0
+    visual_variants: int = 1
     frame_encoding: str = "raw"
     seed: int = 0
 
@@ -59,7 +60,7 @@ def _audio_templates(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarr
 def _visual_templates(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     """One smooth (H, W, 3) pattern per class, zero-mean, unit std."""
     size = cfg.image_size
-    coarse = rng.normal(size=(cfg.num_classes, 6, 6, 3)).astype(np.float32)
+    coarse = rng.normal(size=(cfg.num_classes * cfg.visual_variants, 6, 6, 3)).astype(np.float32)
     # Upsample the coarse noise so patterns are blob-like: learnable by a small CNN, but not at a glance.
     fine = coarse.repeat(size // 6 + 1, axis=1).repeat(size // 6 + 1, axis=2)[:, :size, :size]
     kernel = np.ones(3, np.float32) / 3
@@ -67,7 +68,7 @@ def _visual_templates(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndar
         fine = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, fine)
     fine -= fine.mean(axis=(1, 2, 3), keepdims=True)
     fine /= fine.std(axis=(1, 2, 3), keepdims=True)
-    return fine
+    return fine.reshape(cfg.num_classes, cfg.visual_variants, size, size, 3)
 
 
 def audio_identity(cfg: SyntheticConfig, label: np.ndarray) -> np.ndarray:
@@ -88,11 +89,12 @@ def generate_split(cfg: SyntheticConfig, split: str, n: int) -> dict[str, list |
     audio = gain[:, None, None] * audio_t[audio_identity(cfg, label)]
     audio += rng.normal(size=audio.shape).astype(np.float32)
 
+    variant = rng.integers(0, cfg.visual_variants, size=n)
     frames = np.empty((n, cfg.frames, cfg.image_size, cfg.image_size, 3), np.float32)
     for t in range(cfg.frames):
         shifts = rng.integers(-cfg.max_shift, cfg.max_shift + 1, size=(n, 2))
         for i in range(n):
-            frames[i, t] = np.roll(visual_t[label[i]], tuple(shifts[i]), axis=(0, 1))
+            frames[i, t] = np.roll(visual_t[label[i], variant[i]], tuple(shifts[i]), axis=(0, 1))
     frames = cfg.visual_snr * frames + rng.normal(size=frames.shape).astype(np.float32)
 
     # Corrupt one modality of a known fraction of samples: half by noise, half by another class's content.
@@ -110,7 +112,7 @@ def generate_split(cfg: SyntheticConfig, split: str, n: int) -> dict[str, list |
                 + rng.normal(size=audio[i].shape))
         else:
             frames[i] = rng.normal(size=frames[i].shape) if by_noise else (
-                cfg.visual_snr * visual_t[donor_label][None] + rng.normal(size=frames[i].shape))
+                cfg.visual_snr * visual_t[donor_label, 0][None] + rng.normal(size=frames[i].shape))
 
     # Spectrogram-like scale for audio; frames to uint8 pixels around mid-grey.
     audio_bytes = [a[None].astype("<f2").tobytes() for a in audio]

@@ -139,16 +139,28 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
     )
 
 
-def selected_checkpoint(result, metric: str, mode: str) -> Path | None:
-    """The trial's checkpoint at its best validation epoch (Tune's own, or Ray Train's for N workers)."""
+def best_index(values: pd.Series, epochs: pd.Series, mode: str):
+    """Index of the best value; on a tie the later epoch wins (it is the checkpoint Ray keeps)."""
+    order = pd.DataFrame({"v": values if mode == "max" else -values, "e": epochs}).sort_values(["v", "e"])
+    return order.index[-1]
+
+
+def selected_checkpoint(result, metric: str, mode: str) -> tuple[Path, dict] | None:
+    """The trial's kept checkpoint with the best validation metric, and the metrics it was saved with.
+
+    1-worker trials keep Tune checkpoints; N-worker trials keep Ray Train's, whose paths come in
+    the `checkpoint_path` metric.
+    """
+    candidates = [(Path(c.path), m) for c, m in result.best_checkpoints]
     history = result.metrics_dataframe
-    if history is None or history.empty or metric not in history:
+    if history is not None and "checkpoint_path" in history:
+        candidates += [(Path(row["checkpoint_path"]), row.to_dict()) for _, row in history.iterrows()
+                       if isinstance(row["checkpoint_path"], str) and Path(row["checkpoint_path"]).is_dir()]
+    candidates = [(path, m) for path, m in candidates if metric in m]
+    if not candidates:
         return None
-    best_row = history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
-    if "checkpoint_path" in history and isinstance(best_row.get("checkpoint_path"), str):
-        return Path(best_row["checkpoint_path"])
-    best = result.get_best_checkpoint(metric, mode)
-    return Path(best.path) if best is not None else None
+    table = pd.DataFrame([m for _, m in candidates])
+    return candidates[best_index(table[metric], table["epoch"], mode)]
 
 
 def summarize(results, space: SearchSpace) -> pd.DataFrame:
@@ -159,7 +171,7 @@ def summarize(results, space: SearchSpace) -> pd.DataFrame:
                "status": "ERROR" if result.error else "TERMINATED",
                **{f"config/{p.name}": result.config.get(p.name) for p in space.params}}
         if history is not None and not history.empty and space.metric in history:
-            best = history.loc[history[space.metric].idxmax() if space.mode == "max" else history[space.metric].idxmin()]
+            best = history.loc[best_index(history[space.metric], history["epoch"], space.mode)]
             row.update({"epochs_run": int(history["epoch"].max()), "best_epoch": int(best["epoch"])})
             row.update({k: float(best[k]) for k in history.columns if k.startswith("val/")})
         row["path"] = result.path
@@ -188,17 +200,19 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     ok = table.dropna(subset=[space.metric]) if space.metric in table else table.iloc[0:0]
     if ok.empty:
         raise RuntimeError(f"no trial of {exp} reported {space.metric}")
-    best_row = ok.loc[ok[space.metric].idxmax() if space.mode == "max" else ok[space.metric].idxmin()]
+    best_row = ok.loc[best_index(ok[space.metric], ok["best_epoch"], space.mode)]
     best_result = next(r for r in results if r.path == best_row["path"])
-    checkpoint = selected_checkpoint(best_result, space.metric, space.mode)
-    test = evaluate_checkpoint(checkpoint, "test") if checkpoint else {}
+    selected = selected_checkpoint(best_result, space.metric, space.mode)
+    if selected is None:
+        raise RuntimeError(f"trial {best_row['trial_id']} kept no checkpoint with {space.metric}")
+    checkpoint, saved_metrics = selected
     best = {
         "trial_id": best_row["trial_id"],
         "config": {k: v for k, v in best_result.config.items() if not _is_nan(v)},
-        "validation": {k: float(best_row[k]) for k in ok.columns if k.startswith("val/")},
-        "best_epoch": int(best_row["best_epoch"]),
-        "test": test,
-        "checkpoint": str(checkpoint) if checkpoint else None,
+        "validation": {k: float(v) for k, v in saved_metrics.items() if k.startswith("val/")},
+        "best_epoch": int(saved_metrics["epoch"]),
+        "test": evaluate_checkpoint(checkpoint, "test"),
+        "checkpoint": str(checkpoint),
         "experiment": str(exp),
         "study": f"sqlite:///{exp / STUDY_FILE}",
     }
