@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     memory = InMemoryDataSource(str(data_dir), manifest, cfg.batch_size, cfg.seed, splits=("train",))
     world = World.current()
-    method = get_method(cfg.method)(cfg.method_params, MethodContext(manifest.num_classes, cfg.epochs, world, memory))
+    method = get_method(cfg.method)(cfg.method_params, MethodContext(manifest, str(data_dir), cfg.epochs, world, memory))
     network = build_network(cfg, manifest, method)
     optimizer = build_optimizer(cfg, network.parameters())
     start, n = time.perf_counter(), 0

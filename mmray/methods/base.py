@@ -22,6 +22,7 @@ from torch import nn
 from mmray.models import AVOutput
 
 if TYPE_CHECKING:
+    from mmray.data.manifest import Manifest
     from mmray.data.pipeline import Batch, RayDataSource
     from mmray.train.world import World
 
@@ -33,10 +34,15 @@ class NoParams:
 
 @dataclass
 class MethodContext:
-    num_classes: int
+    manifest: "Manifest"  # class count, shapes, per-sample metadata columns (e.g. synthetic-av's `corrupted`)
+    data_dir: str  # the prepared dataset folder, for methods that read per-sample metadata
     epochs: int
     world: "World"  # rank, size, collectives: methods that gather over workers use it
     data: "RayDataSource"  # epoch hooks may sweep the training split (this worker's part)
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
 
 
 class Method:

@@ -202,7 +202,7 @@ def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
     manifest = load_manifest(cfg.data_dir, verify=False)
     device = torch.device("cpu")
     data = RayDataSource({split: open_split(cfg.data_dir, manifest, split)}, cfg.batch_size, cfg.seed, device)
-    ctx = MethodContext(num_classes=manifest.num_classes, epochs=cfg.epochs, world=World.current(device), data=data)
+    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, World.current(device), data)
     method = get_method(cfg.method)(cfg.method_params, ctx)
     network = build_network(cfg, manifest, method)
     network.load_state_dict(state["network"])

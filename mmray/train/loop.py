@@ -79,7 +79,7 @@ def evaluate(network: nn.Module, method: Method, batches, num_classes: int, pref
 def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Report,
           world: World, resume_state: dict | None = None) -> dict[str, float]:
     """Train `cfg.epochs` epochs (continuing after `resume_state` if given); return the last metrics."""
-    ctx = MethodContext(num_classes=manifest.num_classes, epochs=cfg.epochs, world=world, data=data)
+    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data)
     method = get_method(cfg.method)(cfg.method_params, ctx)
     network = build_network(cfg, manifest, method).to(world.device)
     wrapped = world.wrap(network)
