@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.bench.memory import InMemoryDataSource
     from mmray.data.pipeline import RayDataSource, configure_data_context, open_split
     from mmray.data.registry import resolve_data_dir
-    from mmray.methods import MethodContext, get_method
     from mmray.train.config import TrainConfig
-    from mmray.train.loop import build_network, build_optimizer
+    from mmray.train.loop import build_method_and_network, build_optimizer
     from mmray.train.world import World
 
     data_dir, manifest = resolve_data_dir(args.dataset, args.data_dir)
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     memory = InMemoryDataSource(str(data_dir), manifest, cfg.batch_size, cfg.seed, splits=("train",))
-    world = World.current()
-    method = get_method(cfg.method)(cfg.method_params, MethodContext(manifest, str(data_dir), cfg.epochs, world, memory))
-    network = build_network(cfg, manifest, method)
+    method, network = build_method_and_network(cfg, manifest, memory, World.current())
     optimizer = build_optimizer(cfg, network.parameters())
     start, n = time.perf_counter(), 0
     for batch in memory.train_batches(0):

@@ -31,8 +31,10 @@ class FrameEncoder(nn.Module):
 
 
 class AVModel(nn.Module):
-    def __init__(self, audio_encoder: nn.Module, visual_encoder: nn.Module, fusion: nn.Module):
+    def __init__(self, audio_encoder: nn.Module, visual_encoder: nn.Module, fusion: nn.Module,
+                 audio_dim: int, visual_dim: int):
         super().__init__()
+        self.audio_dim, self.visual_dim = audio_dim, visual_dim
         self.audio_encoder = audio_encoder
         self.visual_encoder = FrameEncoder(visual_encoder)
         self.fusion = fusion

@@ -36,4 +36,4 @@ def build_model(backbone: str, fusion: str, manifest: Manifest, width: int = 64)
     if fusion not in FUSIONS:
         raise UserError(f"fusion {fusion!r}: unknown fusion (known: {', '.join(sorted(FUSIONS))})")
     audio, visual, audio_dim, visual_dim = BACKBONES[backbone](manifest, width)
-    return AVModel(audio, visual, FUSIONS[fusion](audio_dim, visual_dim, manifest.num_classes))
+    return AVModel(audio, visual, FUSIONS[fusion](audio_dim, visual_dim, manifest.num_classes), audio_dim, visual_dim)

@@ -193,8 +193,7 @@ def train_worker(loop_config: dict) -> None:
 
 def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
     """Metrics of a saved checkpoint on one split (run once, after selection on validation)."""
-    from mmray.methods import MethodContext, get_method
-    from mmray.train.loop import build_network, evaluate
+    from mmray.train.loop import build_method_and_network, evaluate
 
     configure_data_context()
     state = load_state(folder)
@@ -202,9 +201,7 @@ def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
     manifest = load_manifest(cfg.data_dir, verify=False)
     device = torch.device("cpu")
     data = RayDataSource({split: open_split(cfg.data_dir, manifest, split)}, cfg.batch_size, cfg.seed, device)
-    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, World.current(device), data)
-    method = get_method(cfg.method)(cfg.method_params, ctx)
-    network = build_network(cfg, manifest, method)
+    method, network = build_method_and_network(cfg, manifest, data, World.current(device))
     network.load_state_dict(state["network"])
     method.load_state_dict(state["method"])
     return evaluate(network, method, data.eval_batches(split), manifest.num_classes, split)

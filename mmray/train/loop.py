@@ -40,9 +40,13 @@ class Network(nn.Module):
         return out, extras
 
 
-def build_network(cfg: TrainConfig, manifest: Manifest, method: Method) -> Network:
-    torch.manual_seed(cfg.seed)  # identical initial weights on every worker and every rerun
-    return Network(build_model(cfg.model, cfg.fusion, manifest, cfg.width), method.heads())
+def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data, world: World) -> tuple[Method, Network]:
+    """The method and the network it trains, on CPU; identical on every worker and every rerun."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.fusion, manifest, cfg.width)
+    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data, feature_dims=(model.audio_dim, model.visual_dim))
+    method = get_method(cfg.method)(cfg.method_params, ctx)
+    return method, Network(model, method.heads())
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -79,9 +83,8 @@ def evaluate(network: nn.Module, method: Method, batches, num_classes: int, pref
 def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Report,
           world: World, resume_state: dict | None = None) -> dict[str, float]:
     """Train `cfg.epochs` epochs (continuing after `resume_state` if given); return the last metrics."""
-    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data)
-    method = get_method(cfg.method)(cfg.method_params, ctx)
-    network = build_network(cfg, manifest, method).to(world.device)
+    method, network = build_method_and_network(cfg, manifest, data, world)
+    network = network.to(world.device)
     wrapped = world.wrap(network)
     optimizer = build_optimizer(cfg, network.parameters())
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
