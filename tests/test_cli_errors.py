@@ -52,7 +52,7 @@ def _setup(case: str, d: Path) -> tuple[list[str], Path]:
         path = _space(d, "method: joint\nparams: {lr: [1, 2\n")
         return ["--space", str(path)], path
     if case == "unknown method":
-        path = _space(d, {**VALID, "method": "gmm"})
+        path = _space(d, {**VALID, "method": "no-such-method"})
         return ["--space", str(path)], path
     if case == "inverted range":
         path = _space(d, {**VALID, "params": {"lr": {"type": "log-float", "low": 1.0e-2, "high": 1.0e-4}}})
@@ -182,7 +182,7 @@ def test_bad_input_starts_no_ray_and_writes_nothing(results, key):
 
 @pytest.mark.parametrize("name, words", [
     ("missing space file", "no such search space file"), ("malformed YAML", "malformed YAML"),
-    ("unknown method", "gmm"), ("inverted range", "params.lr"), ("data dir without manifest", "no manifest"),
+    ("unknown method", "no-such-method"), ("inverted range", "params.lr"), ("data dir without manifest", "no manifest"),
     ("data dir with a non-object manifest", "manifest"), ("data dir missing", "does not exist"),
     ("existing experiment", "--resume"),
 ])

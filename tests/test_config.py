@@ -38,8 +38,8 @@ def test_misspelt_general_key_is_named():
 
 
 def test_unknown_method_is_named():
-    with pytest.raises(UserError, match="gmm"):
-        TrainConfig.from_flat({"method": "gmm"})
+    with pytest.raises(UserError, match="no-such-method"):
+        TrainConfig.from_flat({"method": "no-such-method"})
 
 
 def test_launcher_keys_are_ignored():
@@ -112,7 +112,7 @@ def test_key_type_knows_general_keys_only():
     assert key_type("joint", "epochs") is int
     assert key_type("joint", "alpha") is None
     with pytest.raises(UserError):
-        key_type("gmm", "lr")
+        key_type("no-such-method", "lr")
 
 
 # --- the generic helpers ------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def _with(changes: dict, drop: tuple[str, ...] = ()) -> dict:
 BAD_SPACES = {
     "unknown top-level key": (_with({"epochz": 3}), ["'epochz'"]),
     "missing required key": (_with({}, drop=("metric",)), ["'metric'"]),
-    "unknown method": (_with({"method": "gmm"}), ["gmm"]),
+    "unknown method": (_with({"method": "no-such-method"}), ["no-such-method"]),
     "unknown key under fixed": (_with({"fixed.dropout": 0.1}), ["fixed.dropout"]),
     "run setting under fixed": (_with({"fixed.seed": 1}), ["fixed.seed"]),
     "unknown param name": (_with({"params.alpha": {"type": "float", "low": 0.1, "high": 1.0}}), ["params.alpha"]),

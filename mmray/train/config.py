@@ -48,6 +48,11 @@ class TrainConfig:
         method_cls = get_method(values.get("method", cls.method))
         general = cls.general_keys()
         method_values = {k: v for k, v in values.items() if k not in general}
+        method_keys = field_types(method_cls.Params)
+        for key in method_values:
+            if key not in method_keys:
+                raise UserError(f"{where}.{key}: unknown setting: neither a training setting ({', '.join(general)}) "
+                                f"nor a hyperparameter of method {method_cls.name!r} ({', '.join(method_keys) or 'none'})")
         cfg = build(cls, {k: v for k, v in values.items() if k in general}, where)
         cfg.method_params = build(method_cls.Params, method_values, where)
         for name in ("epochs", "batch_size", "width"):

@@ -60,6 +60,8 @@ def start_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # The classic progress table shows the searched hyperparameters; the newer output ignores CLIReporter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune snapshots its state at every checkpoint (that is what makes --resume safe); don't warn about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         context = ray.init(address=address, logging_level="WARNING")
     else:
