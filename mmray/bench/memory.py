@@ -43,6 +43,3 @@ class InMemoryDataSource:
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         return self._batches(split, torch.arange(len(self.tensors[split]["label"])))
-
-    def has(self, split: str) -> bool:
-        return split in self.tensors

@@ -90,16 +90,20 @@ class RayDataSource:
     """What the training loop iterates: shuffled train batches per epoch, ordered eval batches.
 
     `splits` maps a split name to a Ray Dataset or a DataIterator (a Train worker's shard);
-    both stream through `iter_torch_batches`.
+    both stream through `iter_torch_batches`. Under Ray Train, "train" is this worker's streaming
+    split, which balances rows across workers (and may drop a few per epoch); "train_all" is the
+    whole, unsplit split, from which a sweep over train takes every row exactly once.
     """
 
     def __init__(self, splits: dict, batch_size: int, seed: int, device: torch.device,
-                 shuffle_buffer: int = 1024):
+                 shuffle_buffer: int = 1024, rank: int = 0, world_size: int = 1):
         self.splits = splits
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
         self.shuffle_buffer = shuffle_buffer
+        self.rank = rank
+        self.world_size = world_size
 
     def _iterate(self, split: str, shuffle_seed: int | None) -> Iterator[Batch]:
         rows = self.splits[split].iter_torch_batches(
@@ -117,8 +121,14 @@ class RayDataSource:
         return self._iterate("train", shuffle_seed=self.seed * 100_003 + epoch)
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
-        """A split in stored order, unshuffled (for "train", this worker's part)."""
-        return self._iterate(split, shuffle_seed=None)
+        """A split in stored order, unshuffled. For "train": this worker's share, every row exactly
+        once across workers (the rows whose index % world_size == rank)."""
+        if split != "train" or self.world_size == 1:
+            return self._iterate(split, shuffle_seed=None)
+        return self._own_share(self._iterate("train_all", shuffle_seed=None))
 
-    def has(self, split: str) -> bool:
-        return split in self.splits
+    def _own_share(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for b in batches:
+            keep = b.index % self.world_size == self.rank
+            if keep.any():
+                yield Batch(audio=b.audio[keep], frames=b.frames[keep], label=b.label[keep], index=b.index[keep])

@@ -146,7 +146,7 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
             resources_per_worker=worker_resources),
-        datasets=datasets,
+        datasets={**datasets, "train_all": datasets["train"]},
         # Each worker streams its own part of train; every worker sees all of validation.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
@@ -172,8 +172,8 @@ def train_worker(loop_config: dict) -> None:
     manifest = load_manifest(cfg.data_dir, verify=False)
     device = ray.train.torch.get_device()
     world = World.current(device)
-    data = RayDataSource({name: ray.train.get_dataset_shard(name) for name in ("train", "val")},
-                         cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer)
+    data = RayDataSource({name: ray.train.get_dataset_shard(name) for name in ("train", "train_all", "val")},
+                         cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer, world.rank, world.size)
     checkpoint = ray.train.get_checkpoint()
     resume = None
     if checkpoint is not None:

@@ -1,0 +1,268 @@
+"""`gmm`: GMM-guided adaptive loss (Liu et al., 2025), in our formulation (docs/methods.md, "gmm").
+
+Two unimodal heads of the method's own give each sample a modality gap g = p_a(y) - p_v(y).
+After a warm-up on CE(z) + CE(z_a) + CE(z_v), a Gaussian mixture is fitted to the gaps of the
+whole training split at the start of every `refit_every`-th adaptive epoch. Its component with the
+mean nearest 0 is "balanced"; r_i = P(sample i is imbalanced) then shapes each sample's loss:
+balanced samples weigh the fused CE more, imbalanced ones pay penalties that pull their gap
+towards 0 and towards the balanced component.
+
+Under several workers each sweeps its own part of train; the gaps are gathered, rank 0 fits the
+mixture and broadcasts it, and every rank computes r for every sample itself, because a worker
+may be handed other samples in the next epoch. The purification step (`purify_*`) lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from sklearn.mixture import GaussianMixture
+from torch import nn
+
+from mmray.errors import UserError
+from mmray.methods import register_method
+from mmray.methods.base import Method
+from mmray.models import AVOutput
+
+# A collapsed balanced component (e.g. many gaps saturated at one value) has a near-zero variance,
+# which would make the lambda2 penalty (g - mu_b)^2 / (2 sigma_b^2) explode: floor its std.
+MIN_SIGMA = 1e-3
+
+
+def _require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {value!r} {rule}")
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    warmup_epochs: int = 2
+    gmm_components: int = 2
+    refit_every: int = 1
+    alpha: float = 1.0  # extra weight of the |g| penalty for imbalanced samples
+    beta: float = 1.0  # extra weight of the fused CE for balanced samples
+    lambda1: float = 0.5  # weight of the |g| penalty
+    lambda2: float = 0.5  # weight of the pull towards the balanced component
+    stopgrad_strong: bool = False
+    purify_threshold: float = 0.5  # used by the purification step
+    purify_epochs: int = 0  # used by the purification step
+
+    def __post_init__(self):
+        _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be at least 0")
+        _require(self.gmm_components >= 1, "gmm_components", self.gmm_components, "must be at least 1")
+        _require(self.refit_every >= 1, "refit_every", self.refit_every, "must be at least 1")
+        for key in ("alpha", "beta", "lambda1", "lambda2"):
+            _require(getattr(self, key) >= 0, key, getattr(self, key), "must not be negative")
+        _require(0 <= self.purify_threshold < 1, "purify_threshold", self.purify_threshold, "must be in [0, 1)")
+        _require(self.purify_epochs >= 0, "purify_epochs", self.purify_epochs, "must be at least 0")
+
+
+@dataclass(frozen=True)
+class GapMixture:
+    """A 1-D Gaussian mixture over modality gaps, its components sorted by mean (stable names)."""
+
+    means: np.ndarray  # (K,)
+    variances: np.ndarray  # (K,)
+    weights: np.ndarray  # (K,)
+
+    @property
+    def balanced(self) -> int:
+        return int(np.argmin(np.abs(self.means)))
+
+    @property
+    def mu_b(self) -> float:
+        return float(self.means[self.balanced])
+
+    @property
+    def sigma_b(self) -> float:
+        return max(float(np.sqrt(self.variances[self.balanced])), MIN_SIGMA)
+
+    def imbalance_posterior(self, gaps: np.ndarray) -> np.ndarray:
+        """r_i = P(any component but the balanced one | g_i), in closed form (no sklearn on any rank)."""
+        g = np.asarray(gaps, np.float64)[:, None]
+        log_joint = np.log(self.weights) - 0.5 * (np.log(2 * np.pi * self.variances)
+                                                  + (g - self.means) ** 2 / self.variances)
+        responsibility = np.exp(log_joint - log_joint.max(axis=1, keepdims=True))
+        responsibility /= responsibility.sum(axis=1, keepdims=True)
+        # Summed over the other components, not 1 - P(balanced): small r keep their precision.
+        return np.delete(responsibility, self.balanced, axis=1).sum(axis=1)
+
+    def packed(self) -> np.ndarray:
+        return np.stack([self.means, self.variances, self.weights])
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> "GapMixture":
+        return cls(*np.asarray(packed, np.float64))
+
+
+def fit_gap_mixture(gaps: np.ndarray, components: int) -> GapMixture:
+    gm = GaussianMixture(n_components=components, random_state=0).fit(np.asarray(gaps, np.float64).reshape(-1, 1))
+    order = np.argsort(gm.means_[:, 0])
+    return GapMixture(gm.means_[order, 0], gm.covariances_.reshape(-1)[order], gm.weights_[order])
+
+
+def modality_gap(extras: dict, label: torch.Tensor, stopgrad_strong: bool = False) -> torch.Tensor:
+    """g = p_a(y) - p_v(y) from the unimodal heads; with `stopgrad_strong` the larger one is a constant."""
+    p_a = extras["audio"].softmax(1).gather(1, label[:, None]).squeeze(1)
+    p_v = extras["visual"].softmax(1).gather(1, label[:, None]).squeeze(1)
+    if stopgrad_strong:
+        # The penalties should lift the weak modality, not pull the strong one down.
+        audio_strong = p_a >= p_v
+        p_a = torch.where(audio_strong, p_a.detach(), p_a)
+        p_v = torch.where(audio_strong, p_v, p_v.detach())
+    return p_a - p_v
+
+
+class UnimodalHeads(nn.Module):
+    """Linear(D, K) on each modality's features: the z_a, z_v of the gap and of the unimodal CE."""
+
+    def __init__(self, audio_dim: int, visual_dim: int, num_classes: int):
+        super().__init__()
+        self.audio = nn.Linear(audio_dim, num_classes)
+        self.visual = nn.Linear(visual_dim, num_classes)
+
+    def forward(self, out: AVOutput) -> dict[str, torch.Tensor]:
+        return {"audio": self.audio(out.audio_features), "visual": self.visual(out.visual_features)}
+
+
+@register_method
+class GMM(Method):
+    name = "gmm"
+    Params = GMMParams
+
+    def __init__(self, params: GMMParams, ctx):
+        super().__init__(params, ctx)
+        self.mixture: GapMixture | None = None  # the last fit, shared by all ranks
+        self.posteriors: torch.Tensor | None = None  # r by train index (NaN for an index never seen)
+        self.last_gaps: np.ndarray | None = None  # the last fit's gaps in index order, for diagnostics
+        self._corrupted: np.ndarray | None = None
+
+    @property
+    def last_fit(self) -> dict | None:
+        """The last fit's parameters (components sorted by mean), for diagnostics and checkpoints."""
+        m = self.mixture
+        if m is None:
+            return None
+        return {"means": m.means.tolist(), "variances": m.variances.tolist(), "weights": m.weights.tolist(),
+                "balanced": m.balanced, "mu_b": m.mu_b, "sigma_b": m.sigma_b}
+
+    def heads(self) -> nn.Module:
+        # The feature sizes depend on the backbone, which the loop builds: it passes them in the context.
+        audio_dim, visual_dim = self.ctx.feature_dims
+        return UnimodalHeads(audio_dim, visual_dim, self.ctx.num_classes)
+
+    def on_epoch_start(self, epoch: int, network: nn.Module) -> dict[str, float]:
+        p = self.params
+        if epoch < p.warmup_epochs:
+            return {"gmm/stage": 0.0}
+        metrics = {"gmm/stage": 1.0}
+        if (epoch - p.warmup_epochs) % p.refit_every == 0:
+            metrics.update(self.refit(network))
+        return metrics
+
+    def loss(self, out, extras, batch, epoch):
+        p, y = self.params, batch.label
+        ce_fused = F.cross_entropy(out.fused, y, reduction="none")
+        ce_unimodal = (F.cross_entropy(extras["audio"], y, reduction="none")
+                       + F.cross_entropy(extras["visual"], y, reduction="none"))
+        if epoch < p.warmup_epochs:
+            return (ce_fused + ce_unimodal).mean()
+        r = self.posteriors[batch.index.cpu()].to(y.device)
+        g = modality_gap(extras, y, p.stopgrad_strong)
+        mu_b, sigma_b = self.mixture.mu_b, self.mixture.sigma_b
+        per_sample = ((1 + p.beta * (1 - r)) * ce_fused + ce_unimodal
+                      + p.lambda1 * (1 + p.alpha * r) * g.abs()
+                      + p.lambda2 * r * (g - mu_b) ** 2 / (2 * sigma_b ** 2))
+        return per_sample.mean()
+
+    def refit(self, network: nn.Module) -> dict[str, float]:
+        """Sweep train on every worker, fit the mixture on rank 0, and give every rank r for every sample."""
+        world = self.ctx.world
+        local_index, local_gap = self._sweep_gaps(network)
+        index = world.all_gather(local_index).cpu()
+        gap = world.all_gather(local_gap).cpu()
+        expected = self.ctx.manifest.split_size("train")
+        if index.unique().numel() != index.numel() or index.numel() != expected:
+            raise RuntimeError(f"gmm: the sweep over train gave {index.numel()} gaps for {index.unique().numel()} "
+                               f"distinct samples; every one of the {expected} train samples must appear once")
+        # In index order, the fit sees the same data however train was split over workers.
+        order = index.argsort()
+        index, gap = index[order], gap[order].numpy()
+        mixture = self._share(fit_gap_mixture(gap, self.params.gmm_components) if world.is_main else None)
+        r = mixture.imbalance_posterior(gap)
+        self.posteriors = torch.full((int(index.max()) + 1,), float("nan"))
+        self.posteriors[index] = torch.from_numpy(r).float()
+        self.mixture, self.last_gaps = mixture, gap
+        return self._fit_metrics(index.numpy(), gap, r)
+
+    @torch.no_grad()
+    def _sweep_gaps(self, network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, gap) of each train sample this worker holds, in eval mode."""
+        network.eval()
+        indices, gaps = [], []
+        for batch in self.ctx.data.eval_batches("train"):
+            _, extras = network(batch.audio, batch.frames)
+            indices.append(batch.index)
+            gaps.append(modality_gap(extras, batch.label).float())
+        network.train()
+        return torch.cat(indices), torch.cat(gaps)
+
+    def _share(self, mixture: GapMixture | None) -> GapMixture:
+        """Rank 0's mixture on every rank."""
+        world = self.ctx.world
+        if world.size == 1:
+            return mixture
+        import torch.distributed as dist
+
+        packed = (torch.from_numpy(mixture.packed()) if world.is_main
+                  else torch.zeros(3, self.params.gmm_components, dtype=torch.float64))
+        packed = packed.to(world.device)
+        dist.broadcast(packed, src=0)
+        return GapMixture.unpack(packed.cpu().numpy())
+
+    def _fit_metrics(self, index: np.ndarray, gap: np.ndarray, r: np.ndarray) -> dict[str, float]:
+        m = self.mixture
+        metrics = {"gmm/imbalanced_frac": float((r > 0.5).mean()), "gmm/mean_gap": float(gap.mean())}
+        for k in range(len(m.means)):
+            metrics[f"gmm/mean_{k}"] = float(m.means[k])
+            metrics[f"gmm/var_{k}"] = float(m.variances[k])
+            metrics[f"gmm/weight_{k}"] = float(m.weights[k])
+        flags = self._corrupted_flags()
+        if flags is not None:
+            flags = flags[index]
+            if 0 < flags.sum() < len(flags):  # AUROC needs both kinds of sample
+                metrics["gmm/auroc_corrupted"] = float(roc_auc_score(flags, r))
+        return metrics
+
+    def _corrupted_flags(self) -> np.ndarray | None:
+        """Per train index, whether a modality is corrupted, where the dataset records it; read once."""
+        manifest = self.ctx.manifest
+        if "corrupted" not in manifest.metadata_columns:
+            return None
+        if self._corrupted is None:
+            table = pq.read_table(manifest.shard_paths(self.ctx.data_dir, "train"), columns=["index", "corrupted"])
+            index = table["index"].to_numpy()
+            self._corrupted = np.zeros(index.max() + 1, bool)
+            self._corrupted[index] = np.array(table["corrupted"].to_pylist()) != "none"
+        return self._corrupted
+
+    def state_dict(self) -> dict:
+        return {
+            "fitted": self.mixture is not None,
+            "fit": self.last_fit,  # includes mu_b and sigma_b
+            "posteriors": self.posteriors,
+            "gaps": None if self.last_gaps is None else torch.from_numpy(self.last_gaps),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state["fitted"]:
+            return
+        fit = state["fit"]
+        self.mixture = GapMixture.unpack([fit["means"], fit["variances"], fit["weights"]])
+        self.posteriors = state["posteriors"].cpu()
+        self.last_gaps = state["gaps"].numpy()

@@ -1,0 +1,250 @@
+"""The `gmm` method without Ray: its loss, the mixture fit, the sweep over train, training and resuming,
+and the gather + fit + broadcast path on two gloo workers."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from mmray.bench.memory import InMemoryDataSource
+from mmray.data import synthetic
+from mmray.data.manifest import load_manifest
+from mmray.data.pipeline import Batch
+from mmray.errors import UserError
+from mmray.methods.gmm import GMM, GapMixture, fit_gap_mixture
+from mmray.models import AVOutput
+from mmray.train import loop
+from mmray.train.config import TrainConfig
+from mmray.train.world import World
+
+CPU = torch.device("cpu")
+WIDTH = 8
+WARMUP = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: on a busy 2-core machine a second intra-op thread makes each step many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gmm") / "synthetic-av"
+    synthetic.prepare(folder, synthetic.SyntheticConfig(sizes=(128, 32, 32)))
+    return folder
+
+
+def _config(folder, **settings) -> TrainConfig:
+    return TrainConfig.from_flat({"method": "gmm", "data_dir": str(folder), "epochs": 3, "warmup_epochs": WARMUP,
+                                  "width": WIDTH, "batch_size": 32, **settings})
+
+
+def _method_and_network(folder, data=None, world=None, **settings):
+    """The method and its network as the loop builds them (seeded: the same weights every time)."""
+    cfg = _config(folder, **settings)
+    manifest = load_manifest(folder)
+    data = data or InMemoryDataSource(folder, manifest, cfg.batch_size, cfg.seed)
+    return loop.build_method_and_network(cfg, manifest, data, world or World(0, 1, CPU))
+
+
+def _method(folder, **settings) -> GMM:
+    return _method_and_network(folder, **settings)[0]
+
+
+def _fake_step(n=6, classes=8, seed=0):
+    """Random fused and unimodal logits (leaves, for gradients) and a batch of labels and indices."""
+    gen = torch.Generator().manual_seed(seed)
+    z, z_a, z_v = (torch.randn(n, classes, generator=gen, requires_grad=True) for _ in range(3))
+    out = AVOutput(fused=z, audio=torch.zeros(n, classes), visual=torch.zeros(n, classes),
+                   audio_features=torch.zeros(n, 1), visual_features=torch.zeros(n, 1))
+    label = torch.randint(0, classes, (n,), generator=gen)
+    batch = Batch(audio=torch.empty(0), frames=torch.empty(0), label=label, index=torch.arange(10, 10 + n))
+    return out, {"audio": z_a, "visual": z_v}, batch
+
+
+def _set_fit(method, r, mu_b, sigma_b):
+    posteriors = torch.zeros(128)
+    posteriors[10:10 + len(r)] = r
+    method.posteriors = posteriors
+    method.mixture = GapMixture(np.array([mu_b, 0.7]), np.array([sigma_b ** 2, 0.01]), np.array([0.8, 0.2]))
+
+
+def test_params_are_validated_by_key():
+    with pytest.raises(UserError, match="gmm_components"):
+        TrainConfig.from_flat({"method": "gmm", "gmm_components": 0})
+    with pytest.raises(UserError, match="lambda2"):
+        TrainConfig.from_flat({"method": "gmm", "lambda2": -0.1})
+
+
+def test_loss_in_both_stages_matches_the_formula(folder):
+    settings = dict(warmup_epochs=2, alpha=0.7, beta=1.3, lambda1=0.4, lambda2=0.6)
+    method = _method(folder, **settings)
+    out, extras, batch = _fake_step()
+    y = batch.label
+    ce, ce_a, ce_v = (F.cross_entropy(z, y, reduction="none") for z in (out.fused, extras["audio"], extras["visual"]))
+
+    assert torch.allclose(method.loss(out, extras, batch, epoch=1), ce.mean() + ce_a.mean() + ce_v.mean())
+
+    r, mu_b, sigma_b = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0, 0.3]), 0.05, 0.2
+    _set_fit(method, r, mu_b, sigma_b)
+    g = (extras["audio"].softmax(1)[range(6), y] - extras["visual"].softmax(1)[range(6), y])
+    s = settings
+    by_hand = ((1 + s["beta"] * (1 - r)) * ce + ce_a + ce_v + s["lambda1"] * (1 + s["alpha"] * r) * g.abs()
+               + s["lambda2"] * r * (g - mu_b) ** 2 / (2 * sigma_b ** 2)).mean()
+    assert torch.allclose(method.loss(out, extras, batch, epoch=2), by_hand)
+
+
+def test_stopgrad_strong_leaves_the_stronger_modality_out_of_the_penalty(folder):
+    method = _method(folder, warmup_epochs=0, stopgrad_strong=True)
+    out, extras, batch = _fake_step(n=16, seed=1)
+    r = torch.full((16,), 0.6)
+    _set_fit(method, r, 0.05, 0.2)
+    y = batch.label
+    ce, ce_a, ce_v = (F.cross_entropy(z, y, reduction="none") for z in (out.fused, extras["audio"], extras["visual"]))
+    # The penalty terms alone: the loss less its CE part (whose gradients cancel exactly).
+    penalty = method.loss(out, extras, batch, epoch=0) - ((1 + (1 - r)) * ce + ce_a + ce_v).mean()
+    grad_a, grad_v = torch.autograd.grad(penalty, [extras["audio"], extras["visual"]])
+
+    p_a = extras["audio"].softmax(1)[range(16), y]
+    p_v = extras["visual"].softmax(1)[range(16), y]
+    audio_strong = p_a >= p_v
+    assert 0 < audio_strong.sum() < 16  # both cases occur
+    strong = torch.where(audio_strong[:, None], grad_a, grad_v)
+    weak = torch.where(audio_strong[:, None], grad_v, grad_a)
+    assert torch.allclose(strong, torch.zeros_like(strong), atol=1e-7)
+    assert (weak.abs().sum(1) > 1e-4).all()
+
+
+def test_fit_finds_the_balanced_component_and_the_outliers():
+    rng = np.random.default_rng(0)
+    gaps = np.concatenate([rng.normal(0.0, 0.05, 900), rng.normal(0.8, 0.05, 100)])
+    mixture = fit_gap_mixture(gaps, 2)
+    assert abs(mixture.mu_b) < 0.02 and mixture.balanced == 0
+    assert mixture.means[1] == pytest.approx(0.8, abs=0.02)
+    assert mixture.sigma_b == pytest.approx(0.05, abs=0.01)
+    r = mixture.imbalance_posterior(gaps)
+    assert (r[900:] > 0.99).all()
+    assert (r[:900] < 0.5).mean() > 0.99
+
+
+def test_refit_over_train_is_deterministic_and_covers_every_sample_once(folder):
+    fits = []
+    for _ in range(2):
+        method, network = _method_and_network(folder)
+        metrics = method.on_epoch_start(WARMUP, network)
+        assert network.training  # back in train mode after the sweep
+        fits.append((metrics, method))
+    (metrics, first), (again, second) = fits
+    assert metrics == again
+    assert torch.equal(first.posteriors, second.posteriors)
+    # 128 distinct indices gathered (checked in refit) and none left unset.
+    assert first.posteriors.shape == (128,) and not first.posteriors.isnan().any()
+    assert first.last_gaps.shape == (128,) and first.last_fit["balanced"] in (0, 1)
+
+
+class _Twice(InMemoryDataSource):
+    """Sweeps train with one sample listed twice."""
+
+    def eval_batches(self, split):
+        n = len(self.tensors[split]["label"])
+        return self._batches(split, torch.cat([torch.arange(n), torch.tensor([3])]))
+
+
+def test_refit_refuses_a_sample_seen_twice(folder):
+    manifest = load_manifest(folder)
+    method, network = _method_and_network(folder, data=_Twice(folder, manifest, 32, 0))
+    with pytest.raises(RuntimeError, match="must appear once"):
+        method.on_epoch_start(WARMUP, network)
+
+
+def _train(folder, resume=None, **settings):
+    cfg = _config(folder, **settings)
+    manifest = load_manifest(folder)
+    reports = []
+    data = InMemoryDataSource(folder, manifest, cfg.batch_size, cfg.seed)
+    loop.train(cfg, manifest, data, lambda metrics, state: reports.append((metrics, copy.deepcopy(state))),
+               World(0, 1, CPU), resume)
+    return reports
+
+
+def test_training_reports_the_fit_and_its_state_round_trips(folder):
+    reports = _train(folder)
+    (first, _), (second, _), (third, state) = reports
+    assert first["gmm/stage"] == 0.0 and not any(k.startswith("gmm/") and k != "gmm/stage" for k in first)
+    for metrics in (second, third):
+        assert metrics["gmm/stage"] == 1.0
+        assert 0.0 <= metrics["gmm/imbalanced_frac"] <= 1.0
+        assert 0.0 <= metrics["gmm/auroc_corrupted"] <= 1.0
+        assert metrics["gmm/mean_0"] <= metrics["gmm/mean_1"]
+        assert sum(metrics[f"gmm/weight_{k}"] for k in (0, 1)) == pytest.approx(1.0)
+        assert np.isfinite(metrics["train/loss"])
+
+    method = _method(folder)
+    method.load_state_dict(state["method"])
+    restored = method.state_dict()
+    assert restored["fitted"] and restored["fit"] == state["method"]["fit"]
+    assert torch.equal(restored["posteriors"], state["method"]["posteriors"])
+    assert torch.equal(restored["gaps"], state["method"]["gaps"])
+
+
+def test_resuming_between_refits_continues_with_the_saved_fit(folder):
+    # Refits at epochs 2 and 4 (1-based): epoch 3 trains on the fit from epoch 2, restored from the state.
+    straight = _train(folder, refit_every=2)
+    resumed = _train(folder, resume=straight[1][1], refit_every=2)
+    assert len(resumed) == 1 and "gmm/mean_0" not in resumed[0][0]
+    for key, value in straight[-1][1]["network"].items():
+        assert torch.allclose(value.float(), resumed[0][1]["network"][key].float(), atol=1e-6), key
+
+
+class _HalfTrain(InMemoryDataSource):
+    """One of two workers: its part of train is the even or the odd indices."""
+
+    def __init__(self, *args, rank: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rank = rank
+
+    def eval_batches(self, split):
+        n = len(self.tensors[split]["label"])
+        return self._batches(split, torch.arange(self.rank, n, 2))
+
+
+def _fit_on_worker(rank, port, folder, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        data = _HalfTrain(folder, load_manifest(folder), 32, 0, rank=rank)
+        method, network = _method_and_network(folder, data=data, world=World(rank, 2, CPU))
+        metrics = method.on_epoch_start(WARMUP, network)
+        torch.save({"posteriors": method.posteriors, "metrics": metrics}, out_dir / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_get_the_single_process_posteriors(folder, tmp_path):
+    mp.spawn(_fit_on_worker, args=(_free_port(), folder, tmp_path), nprocs=2, join=True)
+    method, network = _method_and_network(folder)
+    single = method.on_epoch_start(WARMUP, network)
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(result["posteriors"], method.posteriors, atol=1e-5)
+        for key, value in single.items():
+            assert result["metrics"][key] == pytest.approx(value, abs=1e-5), key
