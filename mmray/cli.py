@@ -73,6 +73,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_purify(args) -> int:
+    import ray
+
+    from mmray.train.purify import purify
+
+    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    summary = purify(args.checkpoint, threshold=args.threshold, epochs=args.epochs, lr_factor=args.lr_factor,
+                     threads=args.threads)
+    fmt = lambda d, k: f"{d[k]:.4f}"
+    print(f"kept {summary['kept']} of {summary['train_samples']} train samples ({summary['kept_fraction']:.1%}), "
+          f"threshold P(balanced) > {summary['threshold']:g}")
+    if "dropped_precision_corrupted" in summary:
+        print(f"dropped samples that are corrupted (precision): {summary['dropped_precision_corrupted']:.1%}")
+    for split in ("val", "test"):
+        key = f"{split}/fused_acc"
+        print(f"{key}: before {fmt(summary['before'], key)}  after {fmt(summary['after'], key)}")
+    print(f"kept ids, dropped samples and the fine-tuned checkpoint in {summary['output']}")
+    return 0
+
+
 def _parse_value(text: str):
     import yaml
     return yaml.safe_load(text)
@@ -105,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training setting, e.g. --set lr=0.003")
     p.add_argument("--out", help="checkpoint folder (default: a new temp folder)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("purify", help="gmm data purification: drop imbalanced samples, fine-tune on the rest")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a gmm checkpoint folder, or an experiment folder (its selected checkpoint)")
+    p.add_argument("--threshold", type=float, help="keep samples with P(balanced) above this (default: the run's)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the run's purify_epochs, or 2)")
+    p.add_argument("--lr-factor", type=float, default=0.1, help="fine-tuning lr = the run's lr x this")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(run=cmd_purify)
 
     p = sub.add_parser("tune", help="run a hyperparameter search (same as python -m mmray.tune)")
     add_tune_arguments(p)

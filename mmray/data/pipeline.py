@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import ray.data
 import torch
+from ray.data.expressions import col
 
 from mmray.data.manifest import Manifest
 from mmray.data.shards import decode_audio, decode_frames
@@ -57,8 +58,7 @@ def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarr
     ds = ray.data.read_parquet(manifest.shard_paths(root, split), num_cpus=DATA_TASK_CPUS)
     ds = ds.select_columns(["index", "label", "audio", "frames"])
     if keep_indices is not None:
-        keep = set(int(i) for i in keep_indices)
-        ds = ds.filter(lambda row: row["index"] in keep, num_cpus=DATA_TASK_CPUS)
+        ds = ds.filter(expr=col("index").is_in([int(i) for i in keep_indices]), num_cpus=DATA_TASK_CPUS)
     return ds.map_batches(Decode(manifest), batch_format="numpy", num_cpus=DATA_TASK_CPUS, batch_size=256)
 
 
@@ -68,12 +68,16 @@ def decoded_bytes(manifest: Manifest, split: str) -> int:
     return per_sample * manifest.split_size(split)
 
 
-def load_splits(root: str, manifest: Manifest, splits=("train", "val")) -> dict[str, ray.data.Dataset]:
-    """Datasets for the training loop: cached in the object store when small (see CACHE_LIMIT_BYTES)."""
+def load_splits(root: str, manifest: Manifest, splits=("train", "val"),
+                keep_train: np.ndarray | None = None) -> dict[str, ray.data.Dataset]:
+    """Datasets for the training loop: cached in the object store when small (see CACHE_LIMIT_BYTES).
+
+    `keep_train` restricts train to those sample indices (a filtered view, not a copy of the shards).
+    """
     datasets = {}
     cache = sum(decoded_bytes(manifest, s) for s in splits) <= CACHE_LIMIT_BYTES
     for split in splits:
-        ds = open_split(root, manifest, split)
+        ds = open_split(root, manifest, split, keep_train if split == "train" else None)
         datasets[split] = ds.materialize() if cache else ds
     return datasets
 

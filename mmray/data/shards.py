@@ -111,3 +111,12 @@ def staged_output(out: Path, force: bool = False):
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
+
+
+def read_column_by_index(root: str | Path, manifest, split: str, column: str) -> np.ndarray:
+    """One column of a split as an array indexed by sample index (for per-sample metadata)."""
+    table = pq.read_table(manifest.shard_paths(root, split), columns=["index", column])
+    index = table["index"].to_numpy()
+    values = np.empty(index.max() + 1, dtype=object)
+    values[index] = table[column].to_pylist()
+    return values

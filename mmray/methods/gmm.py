@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
+from mmray.data.shards import read_column_by_index
 from mmray.errors import UserError
 from mmray.methods import register_method
 from mmray.methods.base import Method
@@ -245,10 +245,7 @@ class GMM(Method):
         if "corrupted" not in manifest.metadata_columns:
             return None
         if self._corrupted is None:
-            table = pq.read_table(manifest.shard_paths(self.ctx.data_dir, "train"), columns=["index", "corrupted"])
-            index = table["index"].to_numpy()
-            self._corrupted = np.zeros(index.max() + 1, bool)
-            self._corrupted[index] = np.array(table["corrupted"].to_pylist()) != "none"
+            self._corrupted = read_column_by_index(self.ctx.data_dir, manifest, "train", "corrupted") != "none"
         return self._corrupted
 
     def state_dict(self) -> dict:

@@ -81,9 +81,15 @@ def evaluate(network: nn.Module, method: Method, batches, num_classes: int, pref
 
 
 def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Report,
-          world: World, resume_state: dict | None = None) -> dict[str, float]:
-    """Train `cfg.epochs` epochs (continuing after `resume_state` if given); return the last metrics."""
+          world: World, resume_state: dict | None = None, init_network: dict | None = None) -> dict[str, float]:
+    """Train `cfg.epochs` epochs and return the last metrics.
+
+    `resume_state` continues an interrupted run where it stopped; `init_network` starts a new run
+    (fresh optimizer, epoch 0) from trained weights, e.g. fine-tuning after purification.
+    """
     method, network = build_method_and_network(cfg, manifest, data, world)
+    if init_network is not None:
+        network.load_state_dict(init_network)
     network = network.to(world.device)
     wrapped = world.wrap(network)
     optimizer = build_optimizer(cfg, network.parameters())
