@@ -6,7 +6,8 @@ The loop owns data, optimisation, evaluation, checkpoints and reporting. A metho
 - `after_backward()`: gradient modulation between backward and the optimizer step;
 - `on_epoch_start()` / `on_epoch_end()`: work over whole epochs (refits, assignments), returning metrics;
 - `predict()`: the logits its prediction rule uses, fused and per modality;
-- `state_dict()` / `load_state_dict()`: its own state, saved in every checkpoint.
+- `state_dict()` / `load_state_dict()`: its own state, saved in every checkpoint;
+- `artifacts()`: files (name -> bytes) to save next to each checkpoint, e.g. diagnostic plots.
 The defaults implement plain joint training.
 """
 
@@ -79,3 +80,6 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def artifacts(self) -> dict[str, bytes]:
+        return {}

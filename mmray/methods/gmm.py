@@ -14,6 +14,7 @@ may be handed other samples in the next epoch. The purification step (`purify_*`
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,33 @@ def fit_gap_mixture(gaps: np.ndarray, components: int) -> GapMixture:
     gm = GaussianMixture(n_components=components, random_state=0).fit(np.asarray(gaps, np.float64).reshape(-1, 1))
     order = np.argsort(gm.means_[:, 0])
     return GapMixture(gm.means_[order, 0], gm.covariances_.reshape(-1)[order], gm.weights_[order])
+
+
+def plot_gap_mixture(gaps: np.ndarray, mixture: GapMixture) -> bytes:
+    """PNG bytes: the gap histogram (density) with each weighted component and their sum."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(gaps, bins=60, range=(-1, 1), density=True, color="0.75", label="gap g = p_a(y) - p_v(y)")
+    x = np.linspace(-1, 1, 400)
+    total = np.zeros_like(x)
+    for k, (mean, var, weight) in enumerate(zip(mixture.means, mixture.variances, mixture.weights)):
+        pdf = weight * np.exp(-(x - mean) ** 2 / (2 * var)) / np.sqrt(2 * np.pi * var)
+        total += pdf
+        kind = "balanced" if k == mixture.balanced else "imbalanced"
+        ax.plot(x, pdf, label=f"{kind}: mean {mean:+.2f}, w {weight:.2f}")
+    ax.plot(x, total, "k--", linewidth=1, label="mixture")
+    ax.set_xlabel("modality gap")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def modality_gap(extras: dict, label: torch.Tensor, stopgrad_strong: bool = False) -> torch.Tensor:
@@ -255,6 +283,12 @@ class GMM(Method):
             "posteriors": self.posteriors,
             "gaps": None if self.last_gaps is None else torch.from_numpy(self.last_gaps),
         }
+
+    def artifacts(self) -> dict[str, bytes]:
+        """The last fit, drawn: histogram of the gaps with the fitted mixture (PNG)."""
+        if self.mixture is None or self.last_gaps is None:
+            return {}
+        return {"gmm_gaps.png": plot_gap_mixture(self.last_gaps, self.mixture)}
 
     def load_state_dict(self, state: dict) -> None:
         if not state["fitted"]:

@@ -130,6 +130,7 @@ def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Rep
             "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
             "schedule": schedule.state_dict() if schedule is not None else None,
+            "artifacts": method.artifacts() if world.is_main else {},
         }
         report(metrics, state)
     return metrics
