@@ -54,4 +54,8 @@ def build(cls, values: dict, where: str):
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(types)})")
-    return cls(**{k: coerce(v, types[k], f"{where}.{k}") for k, v in values.items()})
+    values = {k: coerce(v, types[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**values)
+    except UserError as e:  # a range check in __post_init__, which names the key but not the place
+        raise UserError(f"{where}.{e}") from None

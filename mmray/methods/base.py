@@ -55,6 +55,10 @@ class Method:
         self.params = params
         self.ctx = ctx
 
+    @classmethod
+    def check_config(cls, params, epochs: int) -> None:
+        """Refuse hyperparameters that do not fit the run's other settings (raise UserError)."""
+
     def heads(self) -> nn.Module | None:
         """Extra modules; called once. Their forward takes the AVOutput and returns a dict of tensors."""
         return None

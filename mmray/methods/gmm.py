@@ -50,8 +50,8 @@ class GMMParams:
     lambda1: float = 0.5  # weight of the |g| penalty
     lambda2: float = 0.5  # weight of the pull towards the balanced component
     stopgrad_strong: bool = False
-    purify_threshold: float = 0.5  # used by the purification step
-    purify_epochs: int = 0  # used by the purification step
+    purify_threshold: float = 0.5  # keep samples with P(balanced) above this (purification)
+    purify_epochs: int = 0  # > 0: the run's last epochs fine-tune on the kept samples only
 
     def __post_init__(self):
         _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be at least 0")
@@ -168,7 +168,16 @@ class GMM(Method):
         self.mixture: GapMixture | None = None  # the last fit, shared by all ranks
         self.posteriors: torch.Tensor | None = None  # r by train index (NaN for an index never seen)
         self.last_gaps: np.ndarray | None = None  # the last fit's gaps in index order, for diagnostics
+        self.keep: torch.Tensor | None = None  # purification: 1.0 for kept train samples, by index
         self._corrupted: np.ndarray | None = None
+        # With purify_epochs > 0 the run ends with that many purification epochs (the search option):
+        # refit once, drop samples with P(balanced) <= purify_threshold, plain CE on the rest.
+        self.purify_from = ctx.epochs - params.purify_epochs if params.purify_epochs else None
+
+    @classmethod
+    def check_config(cls, params: GMMParams, epochs: int) -> None:
+        if params.purify_epochs >= epochs:
+            raise UserError(f"purify_epochs: {params.purify_epochs} must be below epochs ({epochs})")
 
     @property
     def last_fit(self) -> dict | None:
@@ -184,8 +193,18 @@ class GMM(Method):
         audio_dim, visual_dim = self.ctx.feature_dims
         return UnimodalHeads(audio_dim, visual_dim, self.ctx.num_classes)
 
+    def purifying(self, epoch: int) -> bool:
+        return self.purify_from is not None and epoch >= self.purify_from
+
     def on_epoch_start(self, epoch: int, network: nn.Module) -> dict[str, float]:
         p = self.params
+        if self.purifying(epoch):
+            metrics = {"gmm/stage": 2.0}
+            if epoch == self.purify_from:
+                metrics.update(self.refit(network))
+                self.keep = ((1.0 - self.posteriors) > p.purify_threshold).float()
+            metrics["gmm/kept_frac"] = float(self.keep.nansum() / (~self.posteriors.isnan()).sum())
+            return metrics
         if epoch < p.warmup_epochs:
             return {"gmm/stage": 0.0}
         metrics = {"gmm/stage": 1.0}
@@ -198,6 +217,9 @@ class GMM(Method):
         ce_fused = F.cross_entropy(out.fused, y, reduction="none")
         ce_unimodal = (F.cross_entropy(extras["audio"], y, reduction="none")
                        + F.cross_entropy(extras["visual"], y, reduction="none"))
+        if self.purifying(epoch):
+            keep = self.keep[batch.index.cpu()].to(y.device)
+            return (keep * (ce_fused + ce_unimodal)).sum() / keep.sum().clamp(min=1.0)
         if epoch < p.warmup_epochs:
             return (ce_fused + ce_unimodal).mean()
         r = self.posteriors[batch.index.cpu()].to(y.device)
@@ -282,6 +304,7 @@ class GMM(Method):
             "fit": self.last_fit,  # includes mu_b and sigma_b
             "posteriors": self.posteriors,
             "gaps": None if self.last_gaps is None else torch.from_numpy(self.last_gaps),
+            "keep": self.keep,
         }
 
     def artifacts(self) -> dict[str, bytes]:
@@ -297,3 +320,4 @@ class GMM(Method):
         self.mixture = GapMixture.unpack([fit["means"], fit["variances"], fit["weights"]])
         self.posteriors = state["posteriors"].cpu()
         self.last_gaps = state["gaps"].numpy()
+        self.keep = state.get("keep")

@@ -60,6 +60,10 @@ class TrainConfig:
                 raise UserError(f"{where}.{name}: {getattr(cfg, name)} must be at least 1")
         if cfg.lr <= 0:
             raise UserError(f"{where}.lr: {cfg.lr} must be positive")
+        try:
+            method_cls.check_config(cfg.method_params, cfg.epochs)
+        except UserError as e:
+            raise UserError(f"{where}.{e}") from None
         return cfg
 
     def to_flat(self) -> dict:
