@@ -19,7 +19,7 @@ import torch
 
 from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits, open_split
-from mmray.train.checkpoint import load_state, save_state
+from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
 from mmray.train.world import World
@@ -62,7 +62,7 @@ def device_for(resources: WorkerResources) -> torch.device:
     return torch.device("cuda") if resources.gpus_per_worker and torch.cuda.is_available() else torch.device("cpu")
 
 
-def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1) -> tuple[dict, Path]:
+def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1, quiet: bool = False) -> tuple[dict, Path]:
     """Train in this process; keep the best-on-validation checkpoint. Returns (last metrics, best folder)."""
     from mmray.data.registry import resolve_data_dir
 
@@ -71,19 +71,10 @@ def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1) -> t
     data_dir, manifest = resolve_data_dir(cfg.dataset, cfg.data_dir)
     cfg.data_dir = str(data_dir)
     out_dir = Path(out_dir)
-    best = {"score": -1.0}
-
-    def report(metrics: dict, state: dict) -> None:
-        print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
-        save_state(state, out_dir / "last")
-        if metrics["val/fused_acc"] > best["score"]:
-            best["score"] = metrics["val/fused_acc"]
-            save_state(state, out_dir / "best")
-
     data = RayDataSource(load_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, torch.device("cpu"),
                          cfg.shuffle_buffer)
     resume = load_state(out_dir / "last") if (out_dir / "last").exists() else None
-    metrics = train(cfg, manifest, data, report, World.current(), resume)
+    metrics = train(cfg, manifest, data, KeepBestAndLast(out_dir, echo=not quiet), World.current(), resume)
     return metrics, out_dir / "best"
 
 

@@ -21,7 +21,7 @@ from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits
 from mmray.data.shards import read_column_by_index
 from mmray.errors import UserError
-from mmray.train.checkpoint import STATE_FILE, load_state, save_state
+from mmray.train.checkpoint import STATE_FILE, KeepBestAndLast, load_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network, evaluate, train
 from mmray.train.world import World
@@ -86,17 +86,9 @@ def purify(run: str | Path, threshold: float | None = None, epochs: int | None =
         method_params=dataclasses.replace(params, warmup_epochs=epochs, purify_epochs=0))
     tuned_data = RayDataSource(load_splits(cfg.data_dir, manifest, ("train", "val"), keep_train=kept),
                                cfg.batch_size, cfg.seed, torch.device("cpu"), cfg.shuffle_buffer)
-    best = {"score": -1.0}
-
-    def report(metrics: dict, new_state: dict) -> None:
-        save_state(new_state, out_dir / "last")
-        if metrics["val/fused_acc"] > best["score"]:
-            best["score"] = metrics["val/fused_acc"]
-            save_state(new_state, out_dir / "best")
-
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_selection(out_dir, kept, dropped, r, sample_ids, corrupted, method.last_gaps, index)
-    train(tuned_cfg, manifest, tuned_data, report, world, init_network=state["network"])
+    train(tuned_cfg, manifest, tuned_data, KeepBestAndLast(out_dir), world, init_network=state["network"])
     network.load_state_dict(load_state(out_dir / "best")["network"])
     after = _evaluate(network, method, data, manifest)
 
