@@ -182,17 +182,25 @@ def train_worker(loop_config: dict) -> None:
     train(cfg, manifest, data, report, world, resume)
 
 
-def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
-    """Metrics of a saved checkpoint on one split (run once, after selection on validation)."""
-    from mmray.train.loop import build_method_and_network, evaluate
+def open_checkpoint(folder: str | Path, splits: tuple[str, ...]):
+    """A saved run, rebuilt for evaluation: (method, network in eval mode, data source over `splits`, manifest)."""
+    from mmray.train.loop import build_method_and_network
 
     configure_data_context()
     state = load_state(folder)
     cfg = TrainConfig.from_flat(state["config"])
     manifest = load_manifest(cfg.data_dir, verify=False)
     device = torch.device("cpu")
-    data = RayDataSource({split: open_split(cfg.data_dir, manifest, split)}, cfg.batch_size, cfg.seed, device)
+    data = RayDataSource({s: open_split(cfg.data_dir, manifest, s) for s in splits}, cfg.batch_size, cfg.seed, device)
     method, network = build_method_and_network(cfg, manifest, data, World.current(device))
     network.load_state_dict(state["network"])
     method.load_state_dict(state["method"])
+    return method, network.eval(), data, manifest
+
+
+def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
+    """Metrics of a saved checkpoint on one split (run once, after selection on validation)."""
+    from mmray.train.loop import evaluate
+
+    method, network, data, manifest = open_checkpoint(folder, (split,))
     return evaluate(network, method, data.eval_batches(split), manifest.num_classes, split)
