@@ -89,18 +89,24 @@ def test_labels_are_balanced(prepared):
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25])
-def test_corrupted_column_has_the_configured_fraction(tmp_path, fraction):
-    cfg = replace(CFG, corrupt_fraction=fraction)
+def test_corruption_columns_have_the_configured_fractions(tmp_path, fraction):
+    cfg = replace(CFG, corrupt_fraction=fraction, silent_fraction=0.3)
     manifest = synthetic.prepare(tmp_path / "d", cfg)
-    assert manifest.metadata_columns == ["corrupted"]
+    assert manifest.metadata_columns == ["corrupted", "corruption"]
     for split, n in zip(SPLITS, cfg.sizes):
-        counts = Counter(read_split(tmp_path / "d", manifest, split).column("corrupted").to_pylist())
+        table = read_split(tmp_path / "d", manifest, split)
+        modality, kind = table.column("corrupted").to_pylist(), table.column("corruption").to_pylist()
+        kinds = Counter(kind)
         bad = int(round(fraction * n))  # the generator rounds the fraction of each split to whole samples
-        assert counts["audio"] + counts["visual"] == bad
-        assert counts["audio"] > 0 and counts["visual"] > 0
-        assert abs(counts["audio"] - counts["visual"]) <= 1  # alternated between the modalities
-        assert counts["none"] == n - bad
-        assert set(counts) == {"none", "audio", "visual"}
+        assert kinds["noise"] + kinds["wrong-class"] == bad
+        assert kinds["noise"] > 0 and (kinds["wrong-class"] > 0 or bad < 3)  # noise, noise, wrong, wrong, ...
+        assert 0 < kinds["silent"] < n  # drawn with probability 0.3 per clip
+        # A silent clip is an audio corruption; noise and wrong-class alternate between the modalities.
+        assert all(m == "audio" for m, k in zip(modality, kind) if k == "silent")
+        assert all((m == "none") == (k == "none") for m, k in zip(modality, kind))
+        others = Counter(m for m, k in zip(modality, kind) if k in ("noise", "wrong-class"))
+        assert abs(others["audio"] - others["visual"]) <= 1
+        assert set(kinds) <= {"none", "silent", "noise", "wrong-class"}
 
 
 def test_decoded_arrays_have_the_manifest_shapes(prepared):
@@ -123,6 +129,7 @@ def test_shards_hold_exactly_what_the_generator_made(prepared):
     made = synthetic.generate_split(CFG, "train", CFG.sizes[0])
     assert table.column("label").to_pylist() == list(made["label"])
     assert table.column("corrupted").to_pylist() == made["corrupted"]
+    assert table.column("corruption").to_pylist() == made["corruption"]
     np.testing.assert_array_equal(decode_audio(table.column("audio").to_pylist(), manifest.audio),
                                   decode_audio(made["audio"], manifest.audio))
     raw = np.stack([[np.frombuffer(b, np.uint8) for b in clip] for clip in table.column("frames").to_pylist()])

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir, _ = resolve_data_dir("synthetic-av", args.data_dir)
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-imbalance-"))
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     columns = ("joint fused", "joint audio", "joint visual", "audio-only", "visual-only", "ensemble")
     rows = []
     for seed in range(args.seeds):

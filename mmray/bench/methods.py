@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir, _ = resolve_data_dir(args.dataset, args.data_dir)
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-methods-"))
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     rows = []
     for method in args.methods:
         settings = {"dataset": args.dataset, "epochs": args.epochs}

@@ -2,14 +2,14 @@
 
 What it is built to show (and what `mmray bench imbalance` measures):
 - Audio is easy: each class has a strong frequency-band signature in a 1-channel spectrogram,
-  so it is learned in a few steps.
-- Vision is hard: each class has a faint spatial pattern, randomly shifted in every frame and
-  buried in noise, so it is learned slowly.
-- The information is complementary: pairs of classes share one audio signature (classes
-  `n_audio .. K-1` sound like classes `n_audio - (K - n_audio) .. n_audio - 1`), so only vision
-  separates them. A model that leans on audio plateaus below what both modalities allow.
-- A known fraction of samples has one modality corrupted (replaced by noise, or taken from a
-  sample of another class); the `corrupted` column says which ("none", "audio", "visual").
+  learned within an epoch.
+- Vision is hard: each class has several faint spatial patterns, randomly shifted in every
+  frame and buried in noise, learned slowly.
+- The information is complementary: a fraction of clips is silent (a muted microphone), and the
+  last class sounds like another one, so for those only vision tells the class. A model that
+  leans on audio plateaus below what both modalities allow.
+- Low-quality samples are known: the `corrupted` column says which modality is bad ("none",
+  "audio", "visual") and `corruption` how ("silent", "noise", or "wrong-class" content).
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ NAME = "synthetic-av"
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    num_classes: int = 8
-    audio_distinct: int = 6  # classes with their own audio signature; the rest reuse one
+    num_classes: int = 10
+    audio_distinct: int = 9  # classes with their own audio signature; the last one sounds like another
     sizes: tuple[int, int, int] = (3000, 600, 1200)  # train, val, test
     freq_bins: int = 32
     time_frames: int = 32
     frames: int = 2
     image_size: int = 24
-    audio_snr: float = 1.5  # signature amplitude / noise std
-    visual_snr: float = 0.35
-    max_shift: int = 4  # pixels; a random per-frame translation of the visual pattern
-    corrupt_fraction: float = 0.1
-    silent_fraction: float = 0.0
-    visual_variants: int = 1
+    audio_snr: float = 4.0  # signature amplitude / noise std: audio is learned within an epoch
+    visual_snr: float = 0.4  # faint visual pattern in unit noise: vision is learned slowly
+    visual_variants: int = 4  # distinct visual patterns per class, so vision must generalise
+    max_shift: int = 6  # pixels; a random per-frame translation of the visual pattern
+    silent_fraction: float = 0.3  # clips whose audio is silent (near-zero): only vision can tell them
+    corrupt_fraction: float = 0.05  # clips with one modality replaced by noise or another class's content
     frame_encoding: str = "raw"
     seed: int = 0
 
@@ -58,7 +58,7 @@ def _audio_templates(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarr
 
 
 def _visual_templates(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
-    """One smooth (H, W, 3) pattern per class, zero-mean, unit std."""
+    """`visual_variants` smooth (H, W, 3) patterns per class, each zero-mean with unit std."""
     size = cfg.image_size
     coarse = rng.normal(size=(cfg.num_classes * cfg.visual_variants, 6, 6, 3)).astype(np.float32)
     # Upsample the coarse noise so patterns are blob-like: learnable by a small CNN, but not at a glance.
@@ -85,9 +85,10 @@ def generate_split(cfg: SyntheticConfig, split: str, n: int) -> dict[str, list |
 
     label = np.arange(n) % cfg.num_classes  # balanced classes
     rng.shuffle(label)
-    gain = np.where(rng.random(n) < cfg.silent_fraction, 0.0, cfg.audio_snr).astype(np.float32)
-    audio = gain[:, None, None] * audio_t[audio_identity(cfg, label)]
+    silent = rng.random(n) < cfg.silent_fraction
+    audio = cfg.audio_snr * audio_t[audio_identity(cfg, label)]
     audio += rng.normal(size=audio.shape).astype(np.float32)
+    audio[silent] = 0.1 * rng.normal(size=audio[silent].shape)  # a muted microphone: faint noise only
 
     variant = rng.integers(0, cfg.visual_variants, size=n)
     frames = np.empty((n, cfg.frames, cfg.image_size, cfg.image_size, 3), np.float32)
@@ -99,12 +100,13 @@ def generate_split(cfg: SyntheticConfig, split: str, n: int) -> dict[str, list |
 
     # Corrupt one modality of a known fraction of samples: half by noise, half by another class's content.
     corrupted = np.array(["none"] * n, dtype=object)
-    corrupted[gain == 0] = "silent"
-    bad = rng.choice(n, size=int(round(cfg.corrupt_fraction * n)), replace=False)
+    corruption = np.array(["none"] * n, dtype=object)
+    corrupted[silent], corruption[silent] = "audio", "silent"
+    bad = rng.choice(np.flatnonzero(~silent), size=int(round(cfg.corrupt_fraction * n)), replace=False)
     for j, i in enumerate(bad):
         modality = "audio" if j % 2 == 0 else "visual"
-        corrupted[i] = modality
         by_noise = j % 4 < 2
+        corrupted[i], corruption[i] = modality, "noise" if by_noise else "wrong-class"
         donor_label = (label[i] + rng.integers(1, cfg.num_classes)) % cfg.num_classes
         if modality == "audio":
             audio[i] = rng.normal(size=audio[i].shape) if by_noise else (
@@ -123,7 +125,8 @@ def generate_split(cfg: SyntheticConfig, split: str, n: int) -> dict[str, list |
         "label": label,
         "audio": audio_bytes,
         "frames": [encode_frames(p, cfg.frame_encoding) for p in pixels],
-        "corrupted": corrupted.tolist(),
+        "corrupted": corrupted.tolist(),  # which modality is low quality: none | audio | visual
+        "corruption": corruption.tolist(),  # how: none | silent | noise | wrong-class
     }
 
 
@@ -142,7 +145,7 @@ def prepare(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), force: bo
                               encoding=cfg.frame_encoding, mean=(0.5, 0.5, 0.5), std=(0.16, 0.16, 0.16)),
             shards=shards,
             preprocessing={"generator": asdict(cfg)},
-            metadata_columns=["corrupted"],
+            metadata_columns=["corrupted", "corruption"],
         )
         manifest.save(staging)
     return manifest
