@@ -16,7 +16,6 @@ from mmray.errors import UserError
 
 # Datasets that mmray can generate itself; the real datasets are prepared from raw files by the user.
 GENERATED = {synthetic.NAME: synthetic.prepare}
-KNOWN = (synthetic.NAME,)
 
 
 def cache_dir() -> Path:

@@ -38,12 +38,6 @@ class World:
         # Methods may leave parameters unused in a step (a unimodal baseline, a head not yet active).
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.size > 1:
-            tensor = tensor.clone()
-            dist.all_reduce(tensor)
-        return tensor
-
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate a 1-D or N-D tensor from every worker along dim 0 (lengths may differ)."""
         if self.size == 1:
