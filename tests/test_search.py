@@ -18,7 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from mmray.bench.memory import InMemoryDataSource
+from mmray.data.manifest import load_manifest
 from mmray.errors import UserError
+from mmray.train.config import TrainConfig
+from mmray.train.loop import build_method_and_network
+from mmray.train.world import World
 from mmray.tune.search import BEST_JSON, STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, RunOptions, run_search
 from mmray.tune.space import load_space
 
@@ -63,9 +68,11 @@ def test_search_writes_summary_study_and_test_metrics(ray_local, tiny_synthetic,
     assert (exp / SUMMARY_CSV).read_bytes() == before
 
 
-def test_two_worker_ddp_trial(ray_local, tiny_synthetic, tmp_path):
-    path = _space_file(tmp_path, "ddp", num_samples=1, params={}, scheduler={"type": "fifo"},
-                       resources={"workers": 2, "cpus_per_worker": 0.5})
+def test_two_worker_ddp_trial_of_gmm_fits_as_one_worker(ray_local, tiny_synthetic, tmp_path):
+    # warmup_epochs 0: the first refit sees the initial (seeded) model, so one worker can redo it exactly.
+    path = _space_file(tmp_path, "ddp", method="gmm", num_samples=1, params={}, scheduler={"type": "fifo"},
+                       resources={"workers": 2, "cpus_per_worker": 0.5},
+                       fixed={**SPACE["fixed"], "warmup_epochs": 0})
     space = load_space(str(path)).with_overrides(data_dir=str(tiny_synthetic))
     best = run_search(space, RunOptions(storage=tmp_path / "results", name="ddp"))
 
@@ -73,9 +80,19 @@ def test_two_worker_ddp_trial(ray_local, tiny_synthetic, tmp_path):
     train_runs = list((exp / "train").glob("train-*"))
     assert len(train_runs) == 1, "the trial ran a Ray Train run"
     assert "checkpoint_" in best["checkpoint"] and str(exp / "train") in best["checkpoint"]
-    history = pd.read_csv(exp / SUMMARY_CSV)
-    assert history["epochs_run"].item() == 2
+    assert (Path(best["checkpoint"]) / "gmm_gaps.png").is_file()
+    assert pd.read_csv(exp / SUMMARY_CSV)["epochs_run"].item() == 2
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
+
+    # The same refit in one process, on the same initial model state.
+    cfg = TrainConfig.from_flat(best["config"])
+    manifest = load_manifest(tiny_synthetic)
+    data = InMemoryDataSource(tiny_synthetic, manifest, cfg.batch_size, cfg.seed)
+    method, network = build_method_and_network(cfg, manifest, data, World.current())
+    single = method.refit(network)
+    first_epoch = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()][0]
+    for key, value in single.items():
+        assert first_epoch[key] == pytest.approx(value, abs=1e-5), key
 
 
 def _completed_trials(exp: Path, epochs: int) -> list[Path]:
