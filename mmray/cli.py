@@ -86,6 +86,8 @@ def cmd_purify(args) -> int:
           f"threshold P(balanced) > {summary['threshold']:g}")
     if "dropped_precision_corrupted" in summary:
         print(f"dropped samples that are corrupted (precision): {summary['dropped_precision_corrupted']:.1%}")
+    if not summary["fine_tuned_model_selected"]:
+        print("fine-tuning did not improve validation accuracy: the model before purification is kept")
     for split in ("val", "test"):
         key = f"{split}/fused_acc"
         print(f"{key}: before {fmt(summary['before'], key)}  after {fmt(summary['after'], key)}")

@@ -60,6 +60,8 @@ def purify(run: str | Path, threshold: float | None = None, epochs: int | None =
     if not 0.0 < threshold < 1.0:
         raise UserError(f"--threshold: {threshold} must be between 0 and 1")
     out_dir = checkpoint.parent / f"purified-t{threshold:g}"
+    if out_dir.exists():
+        raise UserError(f"{out_dir}: already purified with this threshold (move it away to redo it)")
 
     torch.set_num_threads(threads)
     configure_data_context()
@@ -86,16 +88,22 @@ def purify(run: str | Path, threshold: float | None = None, epochs: int | None =
         method_params=dataclasses.replace(params, warmup_epochs=epochs, purify_epochs=0))
     tuned_data = RayDataSource(load_splits(cfg.data_dir, manifest, ("train", "val"), keep_train=kept),
                                cfg.batch_size, cfg.seed, torch.device("cpu"), cfg.shuffle_buffer)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True)
     _write_selection(out_dir, kept, dropped, r, sample_ids, corrupted, method.last_gaps, index)
-    train(tuned_cfg, manifest, tuned_data, KeepBestAndLast(out_dir), world, init_network=state["network"])
-    network.load_state_dict(load_state(out_dir / "best")["network"])
-    after = _evaluate(network, method, data, manifest)
+    # Selection on validation includes the model before fine-tuning: `best` only appears if an epoch beats it.
+    reporter = KeepBestAndLast(out_dir)
+    reporter.best_score = before["val/fused_acc"]
+    train(tuned_cfg, manifest, tuned_data, reporter, world, init_network=state["network"])
+    improved = (out_dir / "best").exists()
+    if improved:
+        network.load_state_dict(load_state(out_dir / "best")["network"])
+    after = _evaluate(network, method, data, manifest) if improved else before
 
     summary = {
         "checkpoint": str(checkpoint), "threshold": threshold, "fine_tune_epochs": epochs,
         "fine_tune_lr": tuned_cfg.lr, "train_samples": int(len(index)), "kept": int(len(kept)),
         "kept_fraction": len(kept) / len(index), "fit": fit, "before": before, "after": after,
+        "fine_tuned_model_selected": improved,
         "output": str(out_dir),
     }
     if corrupted is not None and len(dropped):
