@@ -52,15 +52,12 @@ def cmd_prepare(args) -> int:
 def cmd_train(args) -> int:
     import ray
 
+    from mmray.config import parse_assignment
     from mmray.train.config import TrainConfig
     from mmray.train.launch import evaluate_checkpoint, run_in_process
 
     values = {"method": args.method, "dataset": args.dataset, "data_dir": args.data_dir, "seed": args.seed}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        values[key] = _parse_value(value)
+    values.update(parse_assignment(item) for item in args.set or [])
     if args.epochs is not None:
         values["epochs"] = args.epochs
     cfg = TrainConfig.from_flat(values, where="command line")
@@ -93,11 +90,6 @@ def cmd_purify(args) -> int:
         print(f"{key}: before {fmt(summary['before'], key)}  after {fmt(summary['after'], key)}")
     print(f"kept ids, dropped samples and the fine-tuned checkpoint in {summary['output']}")
     return 0
-
-
-def _parse_value(text: str):
-    import yaml
-    return yaml.safe_load(text)
 
 
 def cmd_bench(args) -> int:

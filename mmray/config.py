@@ -59,3 +59,13 @@ def build(cls, values: dict, where: str):
         return cls(**values)
     except UserError as e:  # a range check in __post_init__, which names the key but not the place
         raise UserError(f"{where}.{e}") from None
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from the command line (`--set lr=0.003`); the value is read as YAML (numbers, booleans)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)

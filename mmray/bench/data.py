@@ -28,9 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
     import torch
-    import yaml
-
     from mmray.bench.memory import InMemoryDataSource
+    from mmray.config import parse_assignment
     from mmray.data.pipeline import CACHE_LIMIT_BYTES, RayDataSource, configure_data_context, decoded_bytes, load_splits, open_split
     from mmray.data.registry import resolve_data_dir
     from mmray.train.config import TrainConfig
@@ -38,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.train.world import World
 
     data_dir, manifest = resolve_data_dir(args.dataset, args.data_dir)
-    settings = dict(item.split("=", 1) for item in args.set)
     cfg = TrainConfig.from_flat({"dataset": args.dataset, "data_dir": str(data_dir),
-                                 **{k: yaml.safe_load(v) for k, v in settings.items()}})
+                                 **dict(parse_assignment(item) for item in args.set)})
     torch.set_num_threads(args.threads)
 
     ray.init(num_cpus=2 if args.threads < 2 else args.threads + 1, include_dashboard=False, logging_level="WARNING")

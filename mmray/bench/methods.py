@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from mmray.config import parse_assignment
 
 COLUMNS = ("val/fused_acc", "test/fused_acc", "test/audio_acc", "test/visual_acc")
 
@@ -57,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"dataset": args.dataset, "epochs": args.epochs}
         for item in args.set:
             scope, _, assignment = item.rpartition(":")
-            key, _, value = assignment.partition("=")
             if scope in ("", method):
-                settings[key] = yaml.safe_load(value)
+                settings.update([parse_assignment(assignment)])
         for seed in range(args.seeds):
             metrics = train_and_evaluate(method, seed, settings, str(data_dir), out, args.threads)
             rows.append((method, seed, metrics))
