@@ -50,11 +50,9 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import ray
-
     from mmray.config import parse_assignment
     from mmray.train.config import TrainConfig
-    from mmray.train.launch import evaluate_checkpoint, run_in_process
+    from mmray.train.launch import evaluate_checkpoint, run_in_process, start_local_ray
 
     values = {"method": args.method, "dataset": args.dataset, "data_dir": args.data_dir, "seed": args.seed}
     values.update(parse_assignment(item) for item in args.set or [])
@@ -62,7 +60,7 @@ def cmd_train(args) -> int:
         values["epochs"] = args.epochs
     cfg = TrainConfig.from_flat(values, where="command line")
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-train-"))
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(args.threads)
     _, best = run_in_process(cfg, out, threads=args.threads)
     test = evaluate_checkpoint(best, "test")
     print("test (best validation epoch):", "  ".join(f"{k}={v:.4f}" for k, v in test.items()))
@@ -71,11 +69,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_purify(args) -> int:
-    import ray
-
+    from mmray.train.launch import start_local_ray
     from mmray.train.purify import purify
 
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(args.threads)
     summary = purify(args.checkpoint, threshold=args.threshold, epochs=args.epochs, lr_factor=args.lr_factor,
                      threads=args.threads)
     fmt = lambda d, k: f"{d[k]:.4f}"

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.data.pipeline import CACHE_LIMIT_BYTES, RayDataSource, configure_data_context, decoded_bytes, load_splits, open_split
     from mmray.data.registry import resolve_data_dir
     from mmray.train.config import TrainConfig
+    from mmray.train.launch import start_local_ray
     from mmray.train.loop import build_method_and_network, build_optimizer
     from mmray.train.world import World
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                                  **dict(parse_assignment(item) for item in args.set)})
     torch.set_num_threads(args.threads)
 
-    ray.init(num_cpus=2 if args.threads < 2 else args.threads + 1, include_dashboard=False, logging_level="WARNING")
+    start_local_ray(args.threads)
     configure_data_context()
     modes = {"cached": lambda: load_splits(str(data_dir), manifest, ("train",))["train"],
              "streamed": lambda: open_split(str(data_dir), manifest, "train")}

@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmray.data.registry import resolve_data_dir
     from mmray.train.config import TrainConfig
-    from mmray.train.launch import run_in_process
+    from mmray.train.launch import run_in_process, start_local_ray
 
     data_dir, _ = resolve_data_dir("synthetic-av", args.data_dir)
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-imbalance-"))
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    start_local_ray(args.threads, worker_logs=False)
     columns = ("joint fused", "joint audio", "joint visual", "audio-only", "visual-only", "ensemble")
     rows = []
     for seed in range(args.seeds):

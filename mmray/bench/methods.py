@@ -49,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from mmray.data.registry import resolve_data_dir
+    from mmray.train.launch import start_local_ray
 
     data_dir, _ = resolve_data_dir(args.dataset, args.data_dir)
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-methods-"))
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    start_local_ray(args.threads, worker_logs=False)
     rows = []
     for method in args.methods:
         settings = {"dataset": args.dataset, "epochs": args.epochs}

@@ -62,6 +62,14 @@ def device_for(resources: WorkerResources) -> torch.device:
     return torch.device("cuda") if resources.gpus_per_worker and torch.cuda.is_available() else torch.device("cpu")
 
 
+def start_local_ray(threads: int, worker_logs: bool = True) -> None:
+    """A local Ray for runs in this process: the trainer's threads plus the CPU kept for Ray Data."""
+    import ray
+
+    ray.init(num_cpus=int(threads + DATA_RESERVED_CPUS), include_dashboard=False, logging_level="WARNING",
+             log_to_driver=worker_logs)
+
+
 def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1, quiet: bool = False) -> tuple[dict, Path]:
     """Train in this process; keep the best-on-validation checkpoint. Returns (last metrics, best folder)."""
     from mmray.data.registry import resolve_data_dir
