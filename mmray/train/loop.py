@@ -64,11 +64,12 @@ def evaluate(network: nn.Module, method: Method, batches, num_classes: int, pref
     for batch in batches:
         out, extras = network(batch.audio, batch.frames)
         label = batch.label.cpu()
-        for key, logits in method.predict(out, extras).items():
-            conf[key] += confusion(logits.argmax(1).cpu(), label, num_classes)
-        # Modality gap g = p_a(y) - p_v(y) from the decision layer's two shares.
-        p_a = out.audio.softmax(1).gather(1, batch.label[:, None]).squeeze(1)
-        p_v = out.visual.softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        logits = method.predict(out, extras)
+        for key, z in logits.items():
+            conf[key] += confusion(z.argmax(1).cpu(), label, num_classes)
+        # Modality gap g = p_a(y) - p_v(y) from the two per-modality predictions the method makes.
+        p_a = logits["audio"].softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        p_v = logits["visual"].softmax(1).gather(1, batch.label[:, None]).squeeze(1)
         gap_sum += (p_a - p_v).sum().item()
         n += label.numel()
     network.train()

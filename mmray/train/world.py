@@ -51,3 +51,10 @@ class World:
         parts = [torch.zeros_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded)
         return torch.cat([p[: int(n.item())] for p, n in zip(parts, lengths)])
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of `tensor` over every worker (a new tensor; the input is untouched)."""
+        total = tensor.clone()
+        if self.size > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
