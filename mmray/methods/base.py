@@ -20,12 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmray.errors import UserError
 from mmray.models import AVOutput
 
 if TYPE_CHECKING:
     from mmray.data.manifest import Manifest
     from mmray.data.pipeline import Batch, RayDataSource
     from mmray.train.world import World
+
+
+def require(ok: bool, key: str, value, rule: str) -> None:
+    """Refuse a hyperparameter with a message naming it, e.g. `require(k >= 1, "k", k, "must be at least 1")`."""
+    if not ok:
+        raise UserError(f"{key}: {value!r} {rule}")
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,12 @@ from torch import nn
 from mmray.data.shards import read_column_by_index
 from mmray.errors import UserError
 from mmray.methods import register_method
-from mmray.methods.base import Method
+from mmray.methods.base import Method, require
 from mmray.models import AVOutput
 
 # A collapsed balanced component (e.g. many gaps saturated at one value) has a near-zero variance,
 # which would make the lambda2 penalty (g - mu_b)^2 / (2 sigma_b^2) explode: floor its std.
 MIN_SIGMA = 1e-3
-
-
-def _require(ok: bool, key: str, value, rule: str) -> None:
-    if not ok:
-        raise UserError(f"{key}: {value!r} {rule}")
 
 
 @dataclass(frozen=True)
@@ -54,13 +49,13 @@ class GMMParams:
     purify_epochs: int = 0  # > 0: the run's last epochs fine-tune on the kept samples only
 
     def __post_init__(self):
-        _require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be at least 0")
-        _require(self.gmm_components >= 1, "gmm_components", self.gmm_components, "must be at least 1")
-        _require(self.refit_every >= 1, "refit_every", self.refit_every, "must be at least 1")
+        require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be at least 0")
+        require(self.gmm_components >= 1, "gmm_components", self.gmm_components, "must be at least 1")
+        require(self.refit_every >= 1, "refit_every", self.refit_every, "must be at least 1")
         for key in ("alpha", "beta", "lambda1", "lambda2"):
-            _require(getattr(self, key) >= 0, key, getattr(self, key), "must not be negative")
-        _require(0 <= self.purify_threshold < 1, "purify_threshold", self.purify_threshold, "must be in [0, 1)")
-        _require(self.purify_epochs >= 0, "purify_epochs", self.purify_epochs, "must be at least 0")
+            require(getattr(self, key) >= 0, key, getattr(self, key), "must not be negative")
+        require(0 <= self.purify_threshold < 1, "purify_threshold", self.purify_threshold, "must be in [0, 1)")
+        require(self.purify_epochs >= 0, "purify_epochs", self.purify_epochs, "must be at least 0")
 
 
 @dataclass(frozen=True)
