@@ -95,6 +95,23 @@ def test_two_worker_ddp_trial_of_gmm_fits_as_one_worker(ray_local, tiny_syntheti
         assert first_epoch[key] == pytest.approx(value, abs=1e-5), key
 
 
+def test_two_worker_ddp_trial_of_aug_adds_a_head(ray_local, tiny_synthetic, tmp_path):
+    # tau 0: the modality behind after epoch 1 gets a second head, switched on for epoch 2.
+    path = _space_file(tmp_path, "aug", method="aug", num_samples=1, params={}, scheduler={"type": "fifo"},
+                       resources={"workers": 2, "cpus_per_worker": 0.5},
+                       fixed={**SPACE["fixed"], "tau": 0.0, "hidden": 16})
+    space = load_space(str(path)).with_overrides(data_dir=str(tiny_synthetic))
+    best = run_search(space, RunOptions(storage=tmp_path / "results", name="aug"))
+
+    exp = tmp_path / "results" / "aug"
+    assert len(list((exp / "train").glob("train-*"))) == 1, "the trial ran a Ray Train run"
+    epochs = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()]
+    heads = [e["aug/heads_audio"] + e["aug/heads_visual"] for e in epochs]
+    assert heads == [2, 3]
+    assert (Path(best["checkpoint"]) / "aug_heads.png").is_file()
+    assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
+
+
 def _completed_trials(exp: Path, epochs: int) -> list[Path]:
     done = []
     for result in exp.glob("trial_*/result.json"):

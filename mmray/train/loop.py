@@ -112,7 +112,8 @@ def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Rep
         loss_sum, steps = 0.0, 0
         for batch in data.train_batches(epoch):
             out, extras = wrapped(batch.audio, batch.frames)
-            loss = method.loss(out, extras, batch, epoch)
+            loss = world.with_every_output(method.loss(out, extras, batch, epoch),
+                                           [out.fused, out.audio, out.visual, *extras.values()])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             method.after_backward(network, out, extras, batch, epoch)

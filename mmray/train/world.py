@@ -58,3 +58,15 @@ class World:
         if self.size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
+
+    def with_every_output(self, loss: torch.Tensor, outputs) -> torch.Tensor:
+        """Under DDP: `loss` plus zero times every forward output.
+
+        DDP waits for a gradient for every parameter an output depends on, so a loss that ignores an
+        output (aug never uses the model's fused head; a unimodal baseline ignores the other
+        modality) would stall the next step. The added gradients are zeros: only weight decay moves
+        those parameters.
+        """
+        if self.size == 1:
+            return loss
+        return loss + 0.0 * sum(t.sum() for t in outputs if isinstance(t, torch.Tensor))
