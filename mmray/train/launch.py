@@ -22,6 +22,7 @@ from mmray.data.pipeline import RayDataSource, configure_data_context, load_spli
 from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
+from mmray.train.telemetry import TrialGauges
 from mmray.train.world import World
 
 # CPUs that no trial and no Train worker may reserve, so Ray Data can always run. Ray Data
@@ -121,7 +122,10 @@ def run_trial(config: dict, settings: TrialSettings, datasets: dict) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_state(folder)
 
+    gauges = TrialGauges.for_tune_trial(cfg.method)
+
     def report(metrics: dict, state: dict) -> None:
+        gauges.set(metrics)  # live in the Ray dashboard and Prometheus
         with tempfile.TemporaryDirectory() as folder:
             save_state(state, folder)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
@@ -141,7 +145,8 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
         worker_resources["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config, "threads": resources.torch_threads},
+        train_loop_config={"config": config, "threads": resources.torch_threads,
+                           "gauge_tags": TrialGauges.for_tune_trial(TrainConfig.from_flat(config).method).tags},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
             resources_per_worker=worker_resources),
@@ -179,8 +184,11 @@ def train_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_state(folder)
 
+    gauges = TrialGauges(**loop_config["gauge_tags"])
+
     def report(metrics: dict, state: dict) -> None:
         if world.is_main:
+            gauges.set(metrics)  # rank 0's metrics, as Tune sees them
             with tempfile.TemporaryDirectory() as folder:
                 save_state(state, folder)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

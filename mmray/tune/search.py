@@ -70,6 +70,38 @@ def start_ray(address: str | None) -> None:
         print(f"mmray: Ray dashboard at http://{context.dashboard_url}", flush=True)
 
 
+def nodes_missing(path: Path) -> list[str]:
+    """Addresses of the cluster's live nodes on which `path` does not exist (a zero-CPU task on each)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    exists = ray.remote(num_cpus=0)(os.path.exists)
+    seen = ray.get([exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(str(path)) for n in nodes])
+    return [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+
+
+def check_shared_storage(storage: Path) -> None:
+    """On a multi-node cluster trials on every node write results and checkpoints under `storage`,
+    and the driver reads them back: refuse a folder that some node cannot see."""
+    import ray
+
+    if sum(n["Alive"] for n in ray.nodes()) < 2:
+        return
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".mmray-shared-check-{os.getpid()}"
+    marker.touch()
+    try:
+        missing = nodes_missing(marker)
+    finally:
+        marker.unlink()
+    if missing:
+        raise UserError(f"--storage {storage}: this Ray cluster has several nodes and {', '.join(missing)} cannot "
+                        "see this folder; pass a folder on storage shared by every node, mounted at the same path "
+                        "(cluster/gpu.yaml mounts one at /mnt/mmray)")
+
+
 def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: float) -> int:
     """How many trials may run at once without starving Ray Data; refuse a trial that can never run."""
     per_trial = space.resources.cpus_per_trial()
@@ -184,6 +216,7 @@ def summarize(results, space: SearchSpace) -> pd.DataFrame:
 def run_search(space: SearchSpace, options: RunOptions) -> dict:
     space = prepare_run(space, options)
     start_ray(options.address)
+    check_shared_storage(options.storage)
     import ray
 
     resources = ray.cluster_resources()
