@@ -89,6 +89,42 @@ def cmd_purify(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from mmray.methods.diagnostics import headline
+    from mmray.train.diagnose import DIAGNOSTICS_JSON, DIAGNOSTICS_PNG, diagnose_checkpoint
+    from mmray.train.launch import start_local_ray
+    from mmray.train.purify import find_checkpoint
+
+    checkpoint = find_checkpoint(args.checkpoint)  # bad input fails before Ray starts
+    start_local_ray(args.threads)
+    report = diagnose_checkpoint(checkpoint)
+    for split in ("val", "test"):
+        acc = report[split]["accuracy"]
+        print(f"{split}: " + "  ".join(f"{k}_acc={v:.4f}" for k, v in acc.items()) + "  "
+              + "  ".join(f"{k}={v:.3f}" for k, v in headline(report, split).items()))
+    print(f"{DIAGNOSTICS_JSON} and {DIAGNOSTICS_PNG} in {report['checkpoint']}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import numpy as np
+
+    from mmray.train.calibrate import calibrate, calibration_target
+    from mmray.train.launch import start_local_ray
+
+    checkpoint, _ = calibration_target(args.checkpoint, args.kind, args.reg)  # bad input fails before Ray starts
+    start_local_ray(args.threads)
+    summary = calibrate(checkpoint, kind=args.kind, reg=args.reg)
+    c = summary["calibration"]
+    keys = ("scale_audio", "scale_visual") if args.kind == "standardize" else ("w_audio", "w_visual")
+    print(f"{args.kind} calibration fitted on validation:",
+          "  ".join(f"{k}={np.round(c[k], 3).tolist()}" for k in keys))
+    for key in ("val/fused_acc", "test/fused_acc", "val/nll", "test/nll"):
+        print(f"{key}: before {summary['before'][key]:.4f}  after {summary['after'][key]:.4f}")
+    print(f"written to {summary['output']}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import importlib
     return importlib.import_module(f"mmray.bench.{args.what}").main(args.rest)
@@ -126,12 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.set_defaults(run=cmd_purify)
 
+    p = sub.add_parser("diagnose", help="decision-layer diagnostics of a finished run (any method)")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a checkpoint folder, or an experiment folder (its selected checkpoint)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(run=cmd_diagnose)
+
+    p = sub.add_parser("calibrate", help="decision-layer calibration fitted on validation (any method)")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a checkpoint folder, or an experiment folder (its selected checkpoint)")
+    p.add_argument("--kind", choices=["scalar", "class", "standardize"], default="scalar",
+                   help="per-modality weights, per-modality-and-class weights, or logit standardisation")
+    p.add_argument("--reg", type=float, default=0.0, help="weight of the pull of the weights towards 1")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(run=cmd_calibrate)
+
     p = sub.add_parser("tune", help="run a hyperparameter search (same as python -m mmray.tune)")
     add_tune_arguments(p)
     p.set_defaults(run=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["search", "data", "imbalance", "methods"])
+    p.add_argument("what", choices=["search", "data", "imbalance", "methods", "decision"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(run=cmd_bench)
     return parser

@@ -21,6 +21,8 @@ def get_method(name: str) -> type[Method]:
 
 from mmray.methods import joint as _joint  # noqa: E402,F401  (registers joint and the unimodal baselines)
 from mmray.methods import gmm as _gmm  # noqa: E402,F401
+from mmray.methods import ogm as _ogm  # noqa: E402,F401
+from mmray.methods import decision as _decision  # noqa: E402,F401
 from mmray.methods import aug as _aug  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "MethodContext", "NoParams", "get_method", "register_method"]

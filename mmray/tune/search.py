@@ -17,6 +17,7 @@ import pandas as pd
 
 from mmray.data.registry import resolve_data_dir
 from mmray.errors import UserError
+from mmray.train.diagnose import DIAGNOSTICS_JSON, diagnose_checkpoint
 from mmray.train.launch import DATA_RESERVED_CPUS, TrialSettings, evaluate_checkpoint, run_trial
 from mmray.tune.space import SearchSpace
 
@@ -241,6 +242,7 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     if selected is None:
         raise RuntimeError(f"trial {best_row['trial_id']} kept no checkpoint with {space.metric}")
     checkpoint, saved_metrics = selected
+    diagnose_checkpoint(checkpoint)  # the selected model's decision-layer diagnostics, written beside it
     best = {
         "trial_id": best_row["trial_id"],
         "config": {k: v for k, v in best_result.config.items() if not _is_nan(v)},
@@ -248,6 +250,7 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
         "best_epoch": int(saved_metrics["epoch"]),
         "test": evaluate_checkpoint(checkpoint, "test"),
         "checkpoint": str(checkpoint),
+        "diagnostics": str(checkpoint / DIAGNOSTICS_JSON),
         "experiment": str(exp),
         "study": f"sqlite:///{exp / STUDY_FILE}",
     }
