@@ -18,6 +18,8 @@ import numpy as np
 from mmray.config import parse_assignment
 
 COLUMNS = ("val/fused_acc", "test/fused_acc", "test/audio_acc", "test/visual_acc")
+# A method's own state at the last epoch, printed next to its row (mean over seeds).
+LAST_EPOCH_STATE = {"gmm/auroc_corrupted", "aug/heads_audio", "aug/heads_visual"}
 
 
 def train_and_evaluate(method: str, seed: int, settings: dict, data_dir: str, out: Path,
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             metrics = train_and_evaluate(method, seed, settings, str(data_dir), out, args.threads)
             rows.append((method, seed, metrics))
-            print(f"{method:>12} seed {seed}  " + "  ".join(f"{c}={metrics[c]:.4f}" for c in COLUMNS), flush=True)
+            shown = [*COLUMNS, *sorted(LAST_EPOCH_STATE & set(metrics))]
+            print(f"{method:>12} seed {seed}  " + "  ".join(f"{c}={metrics[c]:.4f}" for c in shown), flush=True)
     ray.shutdown()
 
     print(f"\nmmray bench methods: {args.dataset}, {args.epochs} epochs, {args.seeds} seeds, "
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [m for name, _, m in rows if name == method]
         cells = [f"{100 * np.mean([r[c] for r in runs]):7.2f} +- {100 * np.std([r[c] for r in runs]):5.2f}"
                  for c in COLUMNS]
-        extra = sorted({k for r in runs for k in r if k.startswith(f"{method}/")} & {f"{method}/auroc_corrupted"})
+        extra = sorted({k for r in runs for k in r} & LAST_EPOCH_STATE)
         extras = "  ".join(f"{k}={np.mean([r[k] for r in runs if k in r]):.3f}" for k in extra)
         print(f"{method:>12}  " + "  ".join(f"{c:>16}" for c in cells) + (f"  ({extras}, last epoch)" if extras else ""))
     print(f"runs in {out}")
