@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mmray.data.prepare import add_arguments as prepare_arguments
 from mmray.errors import UserError
 
 
@@ -38,14 +39,18 @@ def cmd_tune(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from mmray.data import synthetic
+    from mmray.data import prepare, synthetic
 
-    if args.dataset != synthetic.NAME:
-        raise UserError(f"dataset {args.dataset!r}: mmray prepare knows {synthetic.NAME!r} so far")
-    cfg = synthetic.SyntheticConfig(seed=args.seed, frame_encoding=args.frame_encoding)
-    manifest = synthetic.prepare(Path(args.out), cfg, force=args.force)
+    if args.dataset == synthetic.NAME:
+        cfg = synthetic.SyntheticConfig(seed=args.seed, frame_encoding=args.frame_encoding or "raw")
+        manifest = synthetic.prepare(Path(args.out), cfg, force=args.force)
+    elif args.dataset in prepare.PRESETS:
+        manifest = prepare.run(args)
+    else:
+        raise UserError(f"dataset {args.dataset!r}: mmray prepare knows {', '.join([synthetic.NAME, *prepare.PRESETS])}")
     sizes = ", ".join(f"{s} {manifest.split_size(s)}" for s in manifest.shards)
-    print(f"mmray: prepared {manifest.dataset} in {args.out} ({sizes})")
+    skipped = f"; {len(manifest.skipped)} clips skipped (named in manifest.json)" if manifest.skipped else ""
+    print(f"mmray: prepared {manifest.dataset} in {args.out} ({sizes}){skipped}")
     return 0
 
 
@@ -135,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="prepare a dataset into Parquet shards")
-    p.add_argument("dataset", help="synthetic-av")
+    p.add_argument("dataset", help="synthetic-av, cremad, ave, kinetics-sounds or manifest (a CSV)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frame-encoding", choices=["raw", "jpeg"], default="raw")
+    p.add_argument("--frame-encoding", choices=["raw", "jpeg"], help="default: raw for synthetic-av, jpeg for real data")
     p.add_argument("--force", action="store_true", help="replace an existing prepared folder")
+    prepare_arguments(p)
     p.set_defaults(run=cmd_prepare)
 
     p = sub.add_parser("train", help="train once, in this process (for debugging)")

@@ -53,6 +53,31 @@ class Decode:
         }
 
 
+class Augment:
+    """Train-time frame augmentation (the manifest's `train_augmentation`): a random crop of at least
+    `crop_min_area` of the frame, aspect 3:4 to 4:3, resized back to the frame size, and a random
+    horizontal flip; the same crop and flip for every frame of a clip. Fresh randomness on every
+    pass, as with torchvision transforms in a DataLoader."""
+
+    def __init__(self, spec: dict):
+        self.min_area = float(spec.get("crop_min_area", 1.0))
+        self.flip = bool(spec.get("horizontal_flip", False))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng()
+        frames = torch.from_numpy(batch["frames"])  # (B, T, C, H, W)
+        h, w = frames.shape[-2:]
+        out = np.empty_like(batch["frames"])
+        for i, clip in enumerate(frames):
+            area, aspect = rng.uniform(self.min_area, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            ch, cw = min(h, round(h * np.sqrt(area / aspect))), min(w, round(w * np.sqrt(area * aspect)))
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = torch.nn.functional.interpolate(clip[:, :, top:top + ch, left:left + cw], size=(h, w),
+                                                   mode="bilinear", align_corners=False)
+            out[i] = (crop.flip(-1) if self.flip and rng.random() < 0.5 else crop).numpy()
+        return {**batch, "frames": out}
+
+
 def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarray | None = None) -> ray.data.Dataset:
     """A lazy Dataset of decoded rows of one split (optionally only the rows whose index is kept)."""
     ds = ray.data.read_parquet(manifest.shard_paths(root, split), num_cpus=DATA_TASK_CPUS)
@@ -73,12 +98,19 @@ def load_splits(root: str, manifest: Manifest, splits=("train", "val"),
     """Datasets for the training loop: cached in the object store when small (see CACHE_LIMIT_BYTES).
 
     `keep_train` restricts train to those sample indices (a filtered view, not a copy of the shards).
+    With the manifest's `train_augmentation`, "train" is augmented on every pass (after the cache)
+    and "train_all" holds the frames as stored, for sweeps over train (see RayDataSource).
     """
     datasets = {}
     cache = sum(decoded_bytes(manifest, s) for s in splits) <= CACHE_LIMIT_BYTES
     for split in splits:
         ds = open_split(root, manifest, split, keep_train if split == "train" else None)
         datasets[split] = ds.materialize() if cache else ds
+    augmentation = manifest.preprocessing.get("train_augmentation")
+    if augmentation and "train" in datasets:
+        datasets["train_all"] = datasets["train"]
+        datasets["train"] = datasets["train"].map_batches(Augment(augmentation), batch_format="numpy",
+                                                          num_cpus=DATA_TASK_CPUS, batch_size=64)
     return datasets
 
 
@@ -126,10 +158,13 @@ class RayDataSource:
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         """A split in stored order, unshuffled. For "train": this worker's share, every row exactly
-        once across workers (the rows whose index % world_size == rank)."""
-        if split != "train" or self.world_size == 1:
+        once across workers (the rows whose index % world_size == rank), not augmented."""
+        if split != "train":
             return self._iterate(split, shuffle_seed=None)
-        return self._own_share(self._iterate("train_all", shuffle_seed=None))
+        whole = "train_all" if "train_all" in self.splits else "train"
+        if self.world_size == 1:
+            return self._iterate(whole, shuffle_seed=None)
+        return self._own_share(self._iterate(whole, shuffle_seed=None))
 
     def _own_share(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         for b in batches:

@@ -66,7 +66,7 @@ def write_split(
 ) -> list[ShardFile]:
     """Write one split's rows (a dict of equal-length columns) as Parquet shards under root/split/."""
     (root / split).mkdir(parents=True, exist_ok=True)
-    table = pa.table({name: _as_arrow(name, values) for name, values in columns.items()})
+    table = rows_table(columns)
     files = []
     for part, start in enumerate(range(0, table.num_rows, rows_per_shard)):
         path = root / split / f"part-{part:05d}.parquet"
@@ -74,6 +74,11 @@ def write_split(
         pq.write_table(table.slice(start, rows_per_shard), path, compression="zstd")
         files.append(describe_shard(root, path))
     return files
+
+
+def rows_table(columns: dict[str, list | np.ndarray]) -> pa.Table:
+    """Equal-length columns -> an Arrow table with the shard schema's types."""
+    return pa.table({name: _as_arrow(name, values) for name, values in columns.items()})
 
 
 def _as_arrow(name: str, values) -> pa.Array:

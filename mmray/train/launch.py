@@ -150,7 +150,7 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
             resources_per_worker=worker_resources),
-        datasets={**datasets, "train_all": datasets["train"]},
+        datasets={"train_all": datasets["train"], **datasets},  # load_splits' un-augmented train_all wins
         # Each worker streams its own part of train; every worker sees all of validation.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
