@@ -17,7 +17,6 @@ switched on, and trains it from that step. The scores are all-reduced, so every 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from mmray.errors import UserError
 from mmray.methods import register_method
 from mmray.methods.base import Method, require
 from mmray.models import AVOutput
+from mmray.plots import subplots, to_png
 
 MODALITIES = ("audio", "visual")
 ALPHA_GRID = np.linspace(0.0, 1.0, 21)  # where alpha is fitted on validation
@@ -212,13 +212,8 @@ class AUG(Method):
 
 def plot_history(history: list[dict]) -> bytes:
     """PNG bytes: heads per modality (top) and confident scores (bottom) over epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on workers
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 4.5), dpi=100, sharex=True)
+    fig, (top, bottom) = subplots(2, 1, figsize=(6, 4.5), dpi=100, sharex=True)
     for m in MODALITIES:
         top.step(epochs, [h[f"heads_{m}"] for h in history], where="post", label=m)
         bottom.plot(epochs, [h[f"score_{m}"] for h in history], marker="o", label=m)
@@ -228,8 +223,4 @@ def plot_history(history: list[dict]) -> bytes:
     bottom.set_ylabel("confident score")
     bottom.set_xlabel("epoch")
     bottom.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return to_png(fig)

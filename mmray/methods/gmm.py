@@ -14,7 +14,6 @@ may be handed other samples in the next epoch. The purification step (`purify_*`
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from mmray.errors import UserError
 from mmray.methods import register_method
 from mmray.methods.base import Method, require
 from mmray.models import AVOutput
+from mmray.plots import subplots, to_png
 
 # A collapsed balanced component (e.g. many gaps saturated at one value) has a near-zero variance,
 # which would make the lambda2 penalty (g - mu_b)^2 / (2 sigma_b^2) explode: floor its std.
@@ -104,12 +104,7 @@ def fit_gap_mixture(gaps: np.ndarray, components: int) -> GapMixture:
 
 def plot_gap_mixture(gaps: np.ndarray, mixture: GapMixture) -> bytes:
     """PNG bytes: the gap histogram (density) with each weighted component and their sum."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on workers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = subplots(figsize=(6, 3.5), dpi=100)
     ax.hist(gaps, bins=60, range=(-1, 1), density=True, color="0.75", label="gap g = p_a(y) - p_v(y)")
     x = np.linspace(-1, 1, 400)
     total = np.zeros_like(x)
@@ -122,11 +117,7 @@ def plot_gap_mixture(gaps: np.ndarray, mixture: GapMixture) -> bytes:
     ax.set_xlabel("modality gap")
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return to_png(fig)
 
 
 def modality_gap(extras: dict, label: torch.Tensor, stopgrad_strong: bool = False) -> torch.Tensor:
