@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from mmray.bench.prepare import write_frames, write_wav  # the benchmark writes the same layouts
+
 GARBAGE = bytes(range(256)) * 8  # not a WAV, JPEG or MP4
 
 
@@ -35,25 +37,10 @@ def picture(label: int, size: int, seed: int) -> np.ndarray:
     return np.clip(colour + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-
-
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as f:
         data = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
         return data.astype(np.float32) / 32768.0, f.getframerate()
-
-
-def write_frames(folder: Path, images: list[np.ndarray]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images, 1):
-        Image.fromarray(image).save(folder / f"{i:06d}.jpg", quality=90)
 
 
 def write_video(path: Path, images: list[np.ndarray], fps: int, samples: np.ndarray, rate: int) -> None:

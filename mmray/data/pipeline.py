@@ -65,7 +65,7 @@ class Augment:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rng = np.random.default_rng()
-        frames = torch.from_numpy(batch["frames"])  # (B, T, C, H, W)
+        frames = torch.from_numpy(np.array(batch["frames"]))  # (B, T, C, H, W); Ray's arrays are read-only
         h, w = frames.shape[-2:]
         out = np.empty_like(batch["frames"])
         for i, clip in enumerate(frames):
