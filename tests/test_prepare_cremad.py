@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torchaudio
 
+from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits
+from mmray.data.shards import decode_frames
 from mmray.errors import UserError
 from rawdata import check_prepared, make_cremad, prepare, read_wav, stored_audio, train_one_epoch
 
@@ -48,7 +51,23 @@ def test_cremad_frames_with_official_lists(ray_local, tmp_path):
         assert manifest.class_names[row["label"]] == sample_id.split("_")[2]
         np.testing.assert_array_equal(stored_audio(row, manifest),
                                       ogm_ge_spectrogram(raw / "AudioWAV" / f"{sample_id}.wav"))
+    _train_frames_are_augmented_and_sweeps_see_them_as_stored(out, manifest)
     train_one_epoch(out, "cremad", tmp_path / "run")
+
+
+def _train_frames_are_augmented_and_sweeps_see_them_as_stored(out, manifest):
+    configure_data_context()
+    splits = load_splits(str(out), manifest)
+    assert set(splits) == {"train", "train_all", "val"}
+    source = RayDataSource(splits, 8, 0, torch.device("cpu"))
+    by_index = lambda batches: {int(i): f for b in batches for i, f in zip(b.index, b.frames)}
+    stored, trained = by_index(source.eval_batches("train")), by_index(source.train_batches(0))
+    assert stored.keys() == trained.keys()
+    shards = pq.read_table(manifest.shard_paths(out, "train")).to_pydict()
+    decoded = decode_frames(shards["frames"], manifest.frames)
+    for i, index in enumerate(shards["index"]):
+        np.testing.assert_array_equal(stored[index].numpy(), decoded[i])
+    assert sum(not torch.equal(stored[i], trained[i]) for i in stored) > 0.8 * len(stored)
 
 
 def test_cremad_flv_without_lists_fails_above_the_skip_threshold_then_resumes(ray_local, tmp_path):
