@@ -91,6 +91,16 @@ def _as_arrow(name: str, values) -> pa.Array:
     return pa.array(values)
 
 
+def check_output_folder(out: Path, force: bool) -> None:
+    """Refuse to write a dataset over anything but nothing, an empty folder, or (with force) a dataset."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    if (out / MANIFEST_FILE).exists() and not force:
+        raise UserError(f"{out}: already holds a prepared dataset (use --force to replace it)")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
+        raise UserError(f"{out}: exists and is not a prepared dataset; refusing to write into it")
+
+
 @contextmanager
 def staged_output(out: Path, force: bool = False):
     """Yield a staging folder that becomes `out` only when the block finishes without error.
@@ -99,12 +109,7 @@ def staged_output(out: Path, force: bool = False):
     the output folder never looks complete when it is not.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if (out / MANIFEST_FILE).exists() and not force:
-        raise UserError(f"{out}: already holds a prepared dataset (use --force to replace it)")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
-        raise UserError(f"{out}: exists and is not a prepared dataset; refusing to write into it")
+    check_output_folder(out, force)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

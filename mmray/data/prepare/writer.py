@@ -28,7 +28,7 @@ from mmray.data.manifest import MANIFEST_FILE, SPLITS, AudioSpec, FramesSpec, Ma
 from mmray.data.prepare.audio import AudioRecipe, read_audio, spectrogram
 from mmray.data.prepare.plan import Clip, Plan
 from mmray.data.prepare.video import frames_from_folder, frames_from_video
-from mmray.data.shards import encode_frames, rows_table
+from mmray.data.shards import check_output_folder, encode_frames, rows_table
 from mmray.errors import UserError
 
 PROGRESS_DIR = ".progress"
@@ -169,15 +169,6 @@ def _finished(staging: Path, job: Job) -> dict | None:
     return record
 
 
-def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    if (out / MANIFEST_FILE).exists() and not force:
-        raise UserError(f"{out}: already holds a prepared dataset (use --force to replace it)")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
-        raise UserError(f"{out}: exists and is not a prepared dataset; refusing to write into it")
-
-
 def _check_skipped(plan: Plan, skipped: list[dict], max_skipped: float, staging: Path) -> None:
     total = len(plan.clips) + len(plan.skipped)
     if total == 0:
@@ -198,7 +189,7 @@ def write_dataset(plan: Plan, settings: ClipSettings, out: str | Path, *, rows_p
     from tqdm import tqdm
 
     out = Path(out)
-    _check_output(out, force)
+    check_output_folder(out, force)
     _check_skipped(plan, plan.skipped, max_skipped, out.with_name(out.name + ".partial"))
     staging = out.with_name(out.name + ".partial")
     jobs = make_jobs(plan, settings, rows_per_shard)
