@@ -12,8 +12,12 @@ import argparse
 import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmray.errors import UserError
+
+if TYPE_CHECKING:
+    from mmray.data.manifest import Manifest
 
 PRESETS = {"cremad": "cremad", "ave": "ave", "kinetics-sounds": "kinetics_sounds", "manifest": "csv_manifest"}
 RECIPE_OPTIONS = ("kind", "sample_rate", "seconds", "n_fft", "hop", "mel_bins", "frames", "zscore")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mmray.data.manifest import MANIFEST_FILE, SPLITS, AudioSpec, FramesSpec, Manifest, describe_shard, file_sha256
+from mmray.data.manifest import SPLITS, AudioSpec, FramesSpec, Manifest, describe_shard, file_sha256
 from mmray.data.prepare.audio import AudioRecipe, read_audio, spectrogram
 from mmray.data.prepare.plan import Clip, Plan
 from mmray.data.prepare.video import frames_from_folder, frames_from_video
