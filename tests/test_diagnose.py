@@ -11,6 +11,7 @@ import torch
 from mmray.cli import main
 from mmray.data import synthetic
 from mmray.data.manifest import load_manifest
+from mmray.data.shards import read_column_by_index
 from mmray.methods.diagnostics import decision_weights, diagnose_outputs, plot_diagnostics, weight_norms
 from mmray.models import build_model
 from mmray.train.calibrate import calibrate
@@ -87,6 +88,9 @@ def test_diagnose_and_calibrate_a_finished_run(ray_local, tiny_synthetic, tmp_pa
         assert len(saved[split]["per_class_accuracy"]["visual"]) == 10
         assert 0.0 <= saved[split]["agreement"]["audio"] <= 1.0
     assert len(saved["weight_norm"]["audio_per_class"]) == 10
+    # synthetic-av records corrupted (and silent) clips: the figures again on the clean ones only.
+    clean = read_column_by_index(tiny_synthetic, load_manifest(tiny_synthetic), "test", "corrupted") == "none"
+    assert 0 < saved["test_clean"]["samples"] == clean.sum() < 64
     # The accuracies are the method's own (the gated fused prediction), as the loop evaluates them.
     from mmray.train.launch import evaluate_checkpoint
     assert report["val"]["accuracy"]["fused"] == pytest.approx(evaluate_checkpoint(best, "val")["val/fused_acc"])

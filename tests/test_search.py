@@ -60,6 +60,9 @@ def test_search_writes_summary_study_and_test_metrics(ray_local, tiny_synthetic,
     assert set(best["test"]) >= {"test/fused_acc", "test/audio_acc", "test/visual_acc"}
     assert Path(best["checkpoint"]).is_dir()
     assert json.loads((exp / BEST_JSON).read_text())["trial_id"] == best["trial_id"]
+    # The selected checkpoint's decision-layer diagnostics lie beside it, computed on the same model.
+    diagnostics = json.loads(Path(best["diagnostics"]).read_text())
+    assert diagnostics["test"]["accuracy"]["fused"] == pytest.approx(best["test"]["test/fused_acc"])
 
     # The experiment folder is never overwritten by a new run of the same name.
     before = (exp / SUMMARY_CSV).read_bytes()

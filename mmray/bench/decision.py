@@ -5,7 +5,9 @@ best-on-validation checkpoint; that checkpoint is then diagnosed (diagnostics.js
 and calibrated on validation (scalar per-modality weights). Prints every run, then the mean +- std
 over seeds, on test: accuracies, the decision-layer weight norms ||W_a||_F, ||W_v||_F, the feature
 norms, the audio share of the true-class logit evidence, how often the fused argmax agrees with
-each modality's, whom it follows where the modalities disagree, and the calibrated accuracy.
+each modality's, whom it follows where the modalities disagree, and the calibrated accuracy; then,
+where the dataset records corrupted samples (synthetic-av), the same figures on the clean test
+samples, where both modalities carry the class.
 
     mmray bench decision --methods joint ogm decision --seeds 3 --epochs 8
 """
@@ -31,6 +33,9 @@ COLUMNS = (
     ("a!=v:fol_a", "follows_audio_on_disagreement", 1), ("a!=v:fol_v", "follows_visual_on_disagreement", 1),
     ("calib%", "calibrated/test/fused_acc", 100),
 )
+# The same on the clean test samples (no corrupted or silent modality), where the dataset records them.
+CLEAN_COLUMNS = tuple((name, f"clean/{key.removeprefix('test/')}", scale) for name, key, scale in COLUMNS
+                      if not key.startswith(("weight_norm", "calibrated")))
 
 
 def diagnose_and_calibrate(checkpoint: Path) -> dict[str, float]:
@@ -39,7 +44,12 @@ def diagnose_and_calibrate(checkpoint: Path) -> dict[str, float]:
     from mmray.train.calibrate import calibrate
     from mmray.train.diagnose import diagnose_checkpoint
 
-    figures = headline(diagnose_checkpoint(checkpoint), "test")
+    report = diagnose_checkpoint(checkpoint)
+    figures = headline(report, "test")
+    if "test_clean" in report:
+        clean = report["test_clean"]
+        figures.update({f"clean/{k}": v for k, v in headline(report, "test_clean").items()})
+        figures.update({f"clean/{k}_acc": v for k, v in clean["accuracy"].items()})
     summary = calibrate(checkpoint, "scalar")
     figures.update({f"calibrated/{k}": v for k, v in summary["after"].items()})
     figures["calibrated/w_audio"] = summary["calibration"]["w_audio"]
@@ -49,6 +59,17 @@ def diagnose_and_calibrate(checkpoint: Path) -> dict[str, float]:
 
 def _row(name: str, cells: list[str]) -> str:
     return f"{name:>10}  " + "  ".join(f"{c:>15}" for c in cells)
+
+
+def _print_means(rows: list[dict], methods: list[str], columns) -> None:
+    print(_row("method", [name for name, _, _ in columns]))
+    for method in methods:
+        runs = [r for r in rows if r["method"] == method]
+        cells = []
+        for _, key, scale in columns:
+            values = [scale * r[key] for r in runs if key in r]
+            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}" if values else "-")
+        print(_row(method, cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,13 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nmmray bench decision: {args.dataset}, {args.epochs} epochs, {args.seeds} seeds, test split of the "
           f"checkpoint selected on validation, mean +- std")
-    print(_row("method", [name for name, _, _ in COLUMNS]))
-    for method in args.methods:
-        runs = [r for r in rows if r["method"] == method]
-        cells = []
-        for _, key, scale in COLUMNS:
-            values = [scale * r[key] for r in runs if key in r]
-            cells.append(f"{np.mean(values):.3f} +- {np.std(values):.3f}" if values else "-")
-        print(_row(method, cells))
+    _print_means(rows, args.methods, COLUMNS)
+    if any("clean/fused_acc" in r for r in rows):
+        print("\nthe same on the clean test samples (no corrupted or silent modality)")
+        _print_means(rows, args.methods, CLEAN_COLUMNS)
     print(f"runs, diagnostics.json/png and calibration-scalar.json in {out} (all figures: decision_bench.json)")
     return 0

@@ -44,13 +44,14 @@ def decision_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | No
 
 @torch.no_grad()
 def collect_outputs(network: nn.Module, method, batches: Iterable) -> dict[str, torch.Tensor]:
-    """Label, the method's fused/audio/visual logits and both feature norms of every sample, in eval mode."""
+    """Index, label, the method's fused/audio/visual logits and both feature norms of every sample, in eval mode."""
     was_training = network.training
     network.eval()
-    parts: dict[str, list] = {k: [] for k in ("label", "fused", "audio", "visual", "audio_norm", "visual_norm")}
+    parts: dict[str, list] = {k: [] for k in ("index", "label", "fused", "audio", "visual", "audio_norm", "visual_norm")}
     for batch in batches:
         out, extras = network(batch.audio, batch.frames)
         logits = method.predict(out, extras)
+        parts["index"].append(batch.index.cpu())
         parts["label"].append(batch.label.cpu())
         for key in ("fused", "audio", "visual"):
             parts[key].append(logits[key].float().cpu())
@@ -112,11 +113,16 @@ def weight_norms(model: nn.Module) -> dict | None:
             **{f"{m}_per_class": w.detach().norm(dim=1).tolist() for m, w in zip(MODALITIES, weights)}}
 
 
-def diagnose(network: nn.Module, method, batches_by_split: dict[str, Iterable], num_classes: int) -> dict:
-    """Every figure for a trained network (the loop's `Network`: `.model` plus the method's heads)."""
-    report = {"weight_norm": weight_norms(network.model)}
-    for split, batches in batches_by_split.items():
-        report[split] = diagnose_outputs(collect_outputs(network, method, batches), num_classes)
+def subset(outputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The collected outputs of the samples where `keep` is true."""
+    return {k: v[keep] for k, v in outputs.items()}
+
+
+def diagnose(model: nn.Module, outputs_by_name: dict[str, dict], num_classes: int) -> dict:
+    """Every figure: the model's decision weights, and one entry per set of collected outputs (a split, a subset)."""
+    report = {"weight_norm": weight_norms(model)}
+    for name, outputs in outputs_by_name.items():
+        report[name] = diagnose_outputs(outputs, num_classes)
     return report
 
 
@@ -154,6 +160,7 @@ def plot_diagnostics(report: dict, title: str = "") -> bytes:
         left.legend(fontsize=8)
     else:
         left.text(0.5, 0.5, "no per-modality decision weights\nfor this fusion", ha="center", va="center")
+    left.set_ylim(0, 1.3 * left.get_ylim()[1])  # room for the legend above the bars
     left.set_title("decision-layer weight norm per class", fontsize=9)
 
     bars = [("fused = audio", lambda s: s["agreement"]["audio"]),
@@ -169,10 +176,10 @@ def plot_diagnostics(report: dict, title: str = "") -> bytes:
                   width=width, label=split)
     right.set_xticks(x)
     right.set_xticklabels([name for name, _ in bars], fontsize=8)
-    right.set_ylim(0, 1)
+    right.set_ylim(0, 1.15)
     right.axhline(0.5, color="0.6", linewidth=0.8, linestyle="--")
     right.set_title("whom the fused decision follows", fontsize=9)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, ncol=len(splits))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
