@@ -18,7 +18,11 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
     p.add_argument("--dataset", help="dataset name (synthetic-av, ...)")
     p.add_argument("--data-dir", help="a prepared dataset folder")
-    p.add_argument("--storage", default="~/mmray_results", help="folder holding experiments (default: %(default)s)")
+    p.add_argument("--storage", default="~/mmray_results",
+                   help="folder holding experiments, or a URI: s3://bucket/prefix, gs://... (default: %(default)s)")
+    p.add_argument("--workdir", default="~/mmray_results",
+                   help="with a URI --storage: local folder for the study, summaries and selected checkpoint, "
+                        "copied to the bucket at the end (default: %(default)s)")
     p.add_argument("--name", help="experiment name (default: the space's name)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
     p.add_argument("--address", help="connect to a running Ray cluster (auto, or host:port)")
@@ -26,14 +30,14 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_tune(args) -> int:
-    from mmray.tune.search import RunOptions, run_search
+    from mmray.tune.search import RunOptions, parse_storage, run_search
     from mmray.tune.space import load_space
 
     space = load_space(args.space).with_overrides(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, epochs=args.epochs,
         dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
-    options = RunOptions(storage=Path(args.storage).expanduser().resolve(), name=args.name or space.name,
-                         address=args.address, resume=args.resume)
+    options = RunOptions(storage=parse_storage(args.storage), name=args.name or space.name,
+                         address=args.address, resume=args.resume, workdir=Path(args.workdir).expanduser().resolve())
     run_search(space, options)
     return 0
 

@@ -3,6 +3,11 @@
 The Optuna study lives in `<experiment>/optuna.db` (SQLite), so Optuna's own tools can open it.
 At the end the best trial's checkpoint chosen on validation is evaluated once on test, and a
 summary of every trial is written as CSV and JSON next to it.
+
+`--storage` is a local folder or a URI (s3://bucket/prefix, gs://..., file://...). With a URI,
+Tune and Train keep trials and checkpoints there, and the driver's own files (the study:
+SQLite cannot live in a bucket; the summaries; the selected checkpoint, downloaded for test
+evaluation) go to a local `--workdir`, copied up to the bucket when the search ends.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,27 +31,64 @@ STUDY_FILE = "optuna.db"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 BEST_JSON = "best.json"
+SELECTED_CHECKPOINT = "selected_checkpoint"  # with a URI storage: the local copy of the chosen checkpoint
+DEFAULT_WORKDIR = Path("~/mmray_results").expanduser()
+
+
+def is_uri(storage: str | Path) -> bool:
+    return "://" in str(storage)
+
+
+def parse_storage(text: str) -> Path | str:
+    """`--storage` as given: a URI stays a string, anything else is a local folder."""
+    return text.rstrip("/") if is_uri(text) else Path(text).expanduser().resolve()
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    storage: Path  # folder that holds experiments
+    storage: Path | str  # folder that holds experiments, or a URI (parse_storage)
     name: str
     address: str | None = None  # a running Ray cluster ("auto" or host:port); None starts a local one
     resume: bool = False
+    workdir: Path = DEFAULT_WORKDIR  # with a URI storage: the local folder for the driver's own files
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.storage)
 
     @property
     def experiment_dir(self) -> Path:
-        return self.storage / self.name
+        """The driver's local folder: study, summaries, best.json (and Tune's trials, for a local storage)."""
+        return (self.workdir if self.remote else self.storage) / self.name
+
+    @property
+    def experiment_uri(self) -> str:
+        """Where Tune and Train keep the experiment's trials and checkpoints."""
+        return f"{self.storage}/{self.name}" if self.remote else str(self.experiment_dir)
+
+
+def storage_exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except (OSError, ValueError) as e:  # unknown scheme, no such bucket, no access
+        raise UserError(f"{uri}: {e}") from None
 
 
 def prepare_run(space: SearchSpace, options: RunOptions) -> SearchSpace:
     """Every check that can fail on bad input, before Ray starts and before anything is written."""
     exp = options.experiment_dir
-    if options.resume and not exp.is_dir():
-        raise UserError(f"{exp}: nothing to resume (no such experiment folder)")
-    if not options.resume and exp.exists():
-        raise UserError(f"{exp}: experiment already exists; pass --resume to continue it or --name for a new one")
+    stored = storage_exists(options.experiment_uri) if options.remote else exp.is_dir()
+    if options.resume and not stored:
+        raise UserError(f"{options.experiment_uri}: nothing to resume (no such experiment folder)")
+    if options.resume and options.remote and not (exp / STUDY_FILE).is_file():
+        raise UserError(f"{exp / STUDY_FILE}: nothing to resume: the study of a search with --storage "
+                        f"{options.storage} lives in --workdir on the machine that started it; resume it there")
+    if not options.resume and (stored or exp.exists()):
+        where = options.experiment_uri if stored else exp
+        raise UserError(f"{where}: experiment already exists; pass --resume to continue it or --name for a new one")
     data_dir, _ = resolve_data_dir(space.dataset, space.data_dir)
     # Trials run with another working directory: hand them an absolute path.
     return space.with_overrides(data_dir=str(data_dir))
@@ -129,7 +172,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
     from ray.tune.search.optuna import OptunaSearch
 
     exp = options.experiment_dir
-    settings = TrialSettings(resources=space.resources, storage_path=str(exp / "train"),
+    settings = TrialSettings(resources=space.resources, storage_path=f"{options.experiment_uri}/train",
                              metric=space.metric, mode=space.mode)
     configure_data_context()
     datasets = load_splits(space.data_dir, load_manifest(space.data_dir, verify=False))
@@ -138,7 +181,8 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int):
         tune.PlacementGroupFactory(space.resources.trial_bundles()),
     )
     if options.resume:
-        return tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(options.experiment_uri, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
 
     exp.mkdir(parents=True)
     searcher = OptunaSearch(
@@ -180,18 +224,24 @@ def best_index(values: pd.Series, epochs: pd.Series, mode: str):
     return order.index[-1]
 
 
-def selected_checkpoint(result, metric: str, mode: str) -> tuple[Path, dict] | None:
-    """The trial's kept checkpoint with the best validation metric, and the metrics it was saved with.
+def selected_checkpoint(result, metric: str, mode: str):
+    """The trial's kept checkpoint (a ray.train.Checkpoint) with the best validation metric, and the
+    metrics it was saved with.
 
     1-worker trials keep Tune checkpoints; N-worker trials keep Ray Train's, whose paths come in
-    the `checkpoint_path` metric.
+    the `checkpoint_path` metric, as paths on the storage's filesystem (a bucket's, or the local one).
     """
-    candidates = [(Path(c.path), m) for c, m in result.best_checkpoints]
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    fs = result.filesystem
+    kept = lambda path: isinstance(path, str) and fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+    candidates = list(result.best_checkpoints)
     history = result.metrics_dataframe
     if history is not None and "checkpoint_path" in history:
-        candidates += [(Path(row["checkpoint_path"]), row.to_dict()) for _, row in history.iterrows()
-                       if isinstance(row["checkpoint_path"], str) and Path(row["checkpoint_path"]).is_dir()]
-    candidates = [(path, m) for path, m in candidates if metric in m]
+        candidates += [(Checkpoint(row["checkpoint_path"], filesystem=fs), row.to_dict())
+                       for _, row in history.iterrows() if kept(row["checkpoint_path"])]
+    candidates = [(checkpoint, m) for checkpoint, m in candidates if metric in m]
     if not candidates:
         return None
     table = pd.DataFrame([m for _, m in candidates])
@@ -217,7 +267,8 @@ def summarize(results, space: SearchSpace) -> pd.DataFrame:
 def run_search(space: SearchSpace, options: RunOptions) -> dict:
     space = prepare_run(space, options)
     start_ray(options.address)
-    check_shared_storage(options.storage)
+    if not options.remote:  # every node reaches a bucket; a local folder may be on one node only
+        check_shared_storage(options.storage)
     import ray
 
     resources = ray.cluster_resources()
@@ -232,7 +283,7 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     table.to_csv(exp / SUMMARY_CSV, index=False)
     (exp / SUMMARY_JSON).write_text(table.to_json(orient="records", indent=2))
     if results.num_errors:
-        print(f"mmray: {results.num_errors} trial(s) failed; see {exp} for their logs", flush=True)
+        print(f"mmray: {results.num_errors} trial(s) failed; see {options.experiment_uri} for their logs", flush=True)
     ok = table.dropna(subset=[space.metric]) if space.metric in table else table.iloc[0:0]
     if ok.empty:
         raise RuntimeError(f"no trial of {exp} reported {space.metric}")
@@ -241,7 +292,11 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     selected = selected_checkpoint(best_result, space.metric, space.mode)
     if selected is None:
         raise RuntimeError(f"trial {best_row['trial_id']} kept no checkpoint with {space.metric}")
-    checkpoint, saved_metrics = selected
+    kept, saved_metrics = selected
+    checkpoint = Path(kept.path)
+    if options.remote:  # evaluated and diagnosed here, on a local copy
+        shutil.rmtree(exp / SELECTED_CHECKPOINT, ignore_errors=True)
+        checkpoint = Path(kept.to_directory(str(exp / SELECTED_CHECKPOINT)))
     diagnose_checkpoint(checkpoint)  # the selected model's decision-layer diagnostics, written beside it
     best = {
         "trial_id": best_row["trial_id"],
@@ -251,10 +306,15 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
         "test": evaluate_checkpoint(checkpoint, "test"),
         "checkpoint": str(checkpoint),
         "diagnostics": str(checkpoint / DIAGNOSTICS_JSON),
-        "experiment": str(exp),
+        "experiment": options.experiment_uri,
         "study": f"sqlite:///{exp / STUDY_FILE}",
     }
     (exp / BEST_JSON).write_text(json.dumps(best, indent=2, default=str))
+    if options.remote:  # the bucket holds the whole record: study, summaries, best.json, diagnosed checkpoint
+        import pyarrow.fs
+
+        # One thread: pyarrow's threaded uploads to S3 can hang (apache/arrow#32372; Ray avoids them too).
+        pyarrow.fs.copy_files(str(exp), options.experiment_uri, use_threads=False)
     print_best(best, space)
     return best
 
