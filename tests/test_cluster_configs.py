@@ -1,7 +1,8 @@
 """The cluster configs under cluster/: valid for Ray's cluster launcher (the schema Ray ships),
-and holding mmray's settings: the dashboard on 127.0.0.1 only, token auth on, shared experiment
-storage on every node, the Ray and Python versions of pyproject on every node, no credentials;
-the KubeRay manifest and the Grafana dashboard checked the same way."""
+and holding mmray's settings: the dashboard on 127.0.0.1 only, token auth on, experiments in S3
+reached through the nodes' IAM roles, datasets on storage shared by every node, the Ray and
+Python versions of pyproject on every node, no credentials; the KubeRay manifest and the Grafana
+dashboard checked the same way."""
 
 from __future__ import annotations
 
@@ -84,10 +85,28 @@ def test_gpu_cluster_same_ray_python_and_mmray_everywhere():
     assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
 
 
-def test_gpu_cluster_shared_storage_and_shm():
+def _documented_storage(name: str) -> list[str]:
+    """The --storage of the submit commands written in a config's comments."""
+    return re.findall(r"--storage (\S+)", (CLUSTER / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["gpu.yaml", "kuberay.yaml"])
+def test_experiments_go_to_s3(name):
+    storages = _documented_storage(name)
+    assert storages and all(s.startswith("s3://") for s in storages), storages
+    assert "/mnt/mmray/results" not in (CLUSTER / name).read_text()
+
+
+def test_gpu_cluster_nodes_reach_s3_through_instance_profiles():
+    for node_type in _load("gpu.yaml")["available_node_types"].values():
+        arn = node_type["node_config"]["IamInstanceProfile"]["Arn"]
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@-]+", arn), arn
+
+
+def test_gpu_cluster_shared_dataset_storage_and_shm():
     cfg = _load("gpu.yaml")
     run_options = cfg["docker"]["run_options"]
-    # The shared storage is mounted on every host (initialization_commands run on each node)
+    # The datasets' storage is mounted on every host (initialization_commands run on each node)
     # and into every container at the same path.
     assert any("mount -t nfs4" in c and "/mnt/mmray" in c for c in cfg["initialization_commands"])
     assert "--volume=/mnt/mmray:/mnt/mmray" in run_options
@@ -99,15 +118,16 @@ def test_gpu_cluster_shared_storage_and_shm():
             assert "--metrics-export-port=8080" in command
 
 
-def _kuberay() -> tuple[dict, dict]:
+def _kuberay() -> tuple[dict, dict, dict]:
     docs = list(yaml.safe_load_all((CLUSTER / "kuberay.yaml").read_text()))
     (cluster,) = [d for d in docs if d["kind"] == "RayCluster"]
     (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    return cluster, claim
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    return cluster, claim, account
 
 
 def test_kuberay_cluster():
-    cluster, claim = _kuberay()
+    cluster, claim, account = _kuberay()
     assert cluster["apiVersion"] == "ray.io/v1"
     spec = cluster["spec"]
     assert spec["rayVersion"] == RAY_VERSION and spec["enableInTreeAutoscaling"] is True
@@ -126,7 +146,9 @@ def test_kuberay_cluster():
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes[mounts["/mnt/mmray"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every pod writes experiments"
+        assert pod["serviceAccountName"] == account["metadata"]["name"], "S3 access through the account's role"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every pod reads the datasets"
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     worker = gpu["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] >= 1
     assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
