@@ -24,6 +24,27 @@ def tiny_synthetic(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_synthetic(tmp_path_factory):
+    """A smaller synthetic-av (128 / 32 / 32 clips) for method unit tests, prepared once."""
+    from mmray.data import synthetic
+
+    folder = tmp_path_factory.mktemp("small") / "synthetic-av"
+    synthetic.prepare(folder, synthetic.SyntheticConfig(sizes=(128, 32, 32)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: on a busy 2-core machine a second intra-op thread makes each step many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def _ray_temp(tmp_path_factory):
     return tmp_path_factory.mktemp("ray")  # short: Ray's socket paths must stay under 107 bytes
 

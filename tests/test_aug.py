@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
-import socket
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from distributed import run_on_two_workers
 
 from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
@@ -20,8 +17,6 @@ from mmray.methods.aug import assign_head, boosting_loss, fit_alpha
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network, build_optimizer, train
 from mmray.train.world import World
-
-CPU = torch.device("cpu")
 
 
 def _config(folder, **settings) -> TrainConfig:
@@ -149,29 +144,17 @@ class _HalfData(InMemoryDataSource):
         return self._batches("train", order[order % 2 == self.rank])
 
 
-def _train_on_worker(rank, port, folder, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=120))
-    try:
-        manifest = load_manifest(folder)
-        cfg = _config(folder, epochs=3, tau=0.0)
-        data = _HalfData(folder, manifest, cfg.batch_size, cfg.seed, rank=rank)
-        reports = []
-        train(cfg, manifest, data, lambda m, s: reports.append((m, copy.deepcopy(s))), World(rank, 2, CPU))
-        torch.save(reports, out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _train_on_worker(world, folder, out_dir):
+    manifest = load_manifest(folder)
+    cfg = _config(folder, epochs=3, tau=0.0)
+    data = _HalfData(folder, manifest, cfg.batch_size, cfg.seed, rank=world.rank)
+    reports = []
+    train(cfg, manifest, data, lambda m, s: reports.append((m, copy.deepcopy(s))), world)
+    torch.save(reports, out_dir / f"rank{world.rank}.pt")
 
 
 def test_two_workers_assign_the_same_heads_and_keep_identical_parameters(tiny_synthetic, tmp_path):
-    mp.spawn(_train_on_worker, args=(_free_port(), tiny_synthetic, tmp_path), nprocs=2, join=True)
+    run_on_two_workers(_train_on_worker, tiny_synthetic, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for (m0, s0), (m1, s1) in zip(*ranks):
         for key in ("aug/heads_audio", "aug/heads_visual", "aug/score_audio", "aug/score_visual", "aug/alpha"):

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from mmray.bench.memory import InMemoryDataSource
-from mmray.data import synthetic
 from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import Batch
 from mmray.errors import UserError
@@ -23,19 +22,12 @@ from mmray.train.world import World
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("decision") / "synthetic-av"
-    synthetic.prepare(folder, synthetic.SyntheticConfig(sizes=(96, 32, 32)))
-    return folder
+@pytest.fixture
+def folder(small_synthetic):
+    return small_synthetic
 
 
 def _config(folder, **settings):

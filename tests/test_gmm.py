@@ -4,18 +4,14 @@ and the gather + fit + broadcast path on two gloo workers."""
 from __future__ import annotations
 
 import copy
-import socket
-from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from distributed import run_on_two_workers
 
 from mmray.bench.memory import InMemoryDataSource
-from mmray.data import synthetic
 from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import Batch
 from mmray.errors import UserError
@@ -30,20 +26,12 @@ WIDTH = 8
 WARMUP = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: on a busy 2-core machine a second intra-op thread makes each step many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gmm") / "synthetic-av"
-    synthetic.prepare(folder, synthetic.SyntheticConfig(sizes=(128, 32, 32)))
-    return folder
+@pytest.fixture
+def folder(small_synthetic):
+    return small_synthetic
 
 
 def _config(folder, **settings) -> TrainConfig:
@@ -220,27 +208,15 @@ class _HalfTrain(InMemoryDataSource):
         return self._batches(split, torch.arange(self.rank, n, 2))
 
 
-def _fit_on_worker(rank, port, folder, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
-    try:
-        data = _HalfTrain(folder, load_manifest(folder), 32, 0, rank=rank)
-        method, network = _method_and_network(folder, data=data, world=World(rank, 2, CPU))
-        metrics = method.on_epoch_start(WARMUP, network)
-        torch.save({"posteriors": method.posteriors, "metrics": metrics}, out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _fit_on_worker(world, folder, out_dir):
+    data = _HalfTrain(folder, load_manifest(folder), 32, 0, rank=world.rank)
+    method, network = _method_and_network(folder, data=data, world=world)
+    metrics = method.on_epoch_start(WARMUP, network)
+    torch.save({"posteriors": method.posteriors, "metrics": metrics}, out_dir / f"rank{world.rank}.pt")
 
 
 def test_two_workers_get_the_single_process_posteriors(folder, tmp_path):
-    mp.spawn(_fit_on_worker, args=(_free_port(), folder, tmp_path), nprocs=2, join=True)
+    run_on_two_workers(_fit_on_worker, folder, tmp_path)
     method, network = _method_and_network(folder)
     single = method.on_epoch_start(WARMUP, network)
     for rank in (0, 1):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from distributed import free_port
 
 from mmray.errors import UserError
 from mmray.tune.search import BEST_JSON, check_shared_storage
@@ -24,17 +24,11 @@ from mmray.tune.search import BEST_JSON, check_shared_storage
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head(no_ray):
     """`ray start --head` in a short temp dir; yields (temp dir, GCS port, dashboard port, metrics port)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # socket paths must stay under 107 bytes
-    ports = _free_port(), _free_port(), _free_port()
+    ports = free_port(), free_port(), free_port()
     # Export Ray metrics every second instead of every ten.
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}
     subprocess.run([RAY, "start", "--head", f"--temp-dir={temp}", f"--port={ports[0]}", "--num-cpus=2",

@@ -5,16 +5,12 @@ identically."""
 from __future__ import annotations
 
 import math
-import socket
-from datetime import timedelta
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from distributed import run_on_two_workers
 
 from mmray.bench.memory import InMemoryDataSource
-from mmray.data import synthetic
 from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import Batch
 from mmray.errors import UserError
@@ -27,19 +23,12 @@ from mmray.train.world import World
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ogm") / "synthetic-av"
-    synthetic.prepare(folder, synthetic.SyntheticConfig(sizes=(96, 32, 32)))
-    return folder
+@pytest.fixture
+def folder(small_synthetic):
+    return small_synthetic
 
 
 def _method_and_network(folder, world=None, **settings):
@@ -171,32 +160,20 @@ def test_training_reports_the_modulation(folder):
     assert min(second["ogm/coeff_audio"], second["ogm/coeff_visual"]) < 1.0
 
 
-def _worker(rank, port, folder, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
-    try:
-        method, network = _method_and_network(folder, world=World(rank, 2, CPU), alpha=0.5, ge=True)
-        # Different batches per worker: audio dominates on rank 0's, vision on rank 1's.
-        out, batch = _step(p_audio=0.9, p_visual=0.1) if rank == 0 else _step(p_audio=0.3, p_visual=0.5)
-        method.on_epoch_start(0, network)
-        for p in network.parameters():  # DDP hands every worker the same averaged gradients
-            p.grad = torch.linspace(-1, 1, p.numel()).view_as(p)
-        method.after_backward(network, out, {}, batch, epoch=0)
-        torch.save({"grads": _encoder_grads(network), "metrics": method.on_epoch_end(0, network)},
-                   out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(world, folder, out_dir):
+    method, network = _method_and_network(folder, world=world, alpha=0.5, ge=True)
+    # Different batches per worker: audio dominates on rank 0's, vision on rank 1's.
+    out, batch = _step(p_audio=0.9, p_visual=0.1) if world.rank == 0 else _step(p_audio=0.3, p_visual=0.5)
+    method.on_epoch_start(0, network)
+    for p in network.parameters():  # DDP hands every worker the same averaged gradients
+        p.grad = torch.linspace(-1, 1, p.numel()).view_as(p)
+    method.after_backward(network, out, {}, batch, epoch=0)
+    torch.save({"grads": _encoder_grads(network), "metrics": method.on_epoch_end(0, network)},
+               out_dir / f"rank{world.rank}.pt")
 
 
 def test_two_workers_scale_identically_from_the_summed_shares(folder, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), folder, tmp_path), nprocs=2, join=True)
+    run_on_two_workers(_worker, folder, tmp_path)
     zero, one = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for m in ("audio", "visual"):
         assert torch.equal(zero["grads"][m], one["grads"][m]), m
