@@ -48,6 +48,7 @@ class MethodContext:
     world: "World"  # rank, size, collectives: methods that gather over workers use it
     data: "RayDataSource"  # epoch hooks may sweep the training split (this worker's part)
     feature_dims: tuple[int, int]  # (D_a, D_v) of the encoders' features, for heads a method adds
+    seed: int  # the run's seed, for randomness a method must draw identically on every worker
 
     @property
     def num_classes(self) -> int:

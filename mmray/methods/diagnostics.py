@@ -19,7 +19,6 @@ accuracies still come from its own prediction).
 
 from __future__ import annotations
 
-import io
 from typing import Iterable
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from mmray.models.fusion import ConcatFusion, SumFusion
+from mmray.plots import subplots, to_png
 
 MODALITIES = ("audio", "visual")
 
@@ -142,13 +142,8 @@ def headline(report: dict, split: str) -> dict[str, float]:
 
 def plot_diagnostics(report: dict, title: str = "") -> bytes:
     """PNG bytes: per-class weight norms of the two modalities; agreement and logit share per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on workers
-    import matplotlib.pyplot as plt
-
     splits = [k for k, v in report.items() if isinstance(v, dict) and "agreement" in v]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    fig, (left, right) = subplots(1, 2, figsize=(11, 3.8), dpi=100)
     norms = report.get("weight_norm")
     if norms:
         classes = np.arange(len(norms["audio_per_class"]))
@@ -182,8 +177,4 @@ def plot_diagnostics(report: dict, title: str = "") -> bytes:
     right.legend(fontsize=7, ncol=len(splits))
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return to_png(fig)

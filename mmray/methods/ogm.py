@@ -90,8 +90,8 @@ class OGM(Method):
         return {}
 
     def _generator(self, epoch: int) -> torch.Generator:
-        # The data source carries the run seed; (seed, epoch, step) names the step on every worker and on resume.
-        seed = (self.ctx.data.seed * 1_000_003 + epoch) * 1_000_003 + self.step
+        # (run seed, epoch, step) names the step alike on every worker and on resume.
+        seed = (self.ctx.seed * 1_000_003 + epoch) * 1_000_003 + self.step
         return torch.Generator().manual_seed(seed % (2**63))
 
     def after_backward(self, network: nn.Module, out, extras, batch, epoch: int) -> None:

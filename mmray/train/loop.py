@@ -44,7 +44,8 @@ def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data, world: 
     """The method and the network it trains, on CPU; identical on every worker and every rerun."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.fusion, manifest, cfg.width)
-    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data, feature_dims=(model.audio_dim, model.visual_dim))
+    ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data,
+                        feature_dims=(model.audio_dim, model.visual_dim), seed=cfg.seed)
     method = get_method(cfg.method)(cfg.method_params, ctx)
     return method, Network(model, method.heads())
 
