@@ -14,15 +14,13 @@ samples, where both modalities carry the class.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from mmray.bench.methods import train_and_evaluate
-from mmray.config import parse_assignment
+from mmray.bench.methods import parse_arguments, train_runs
 
 # (column, key in a run's flat figures, scale): accuracies in %, the rest as they are.
 COLUMNS = (
@@ -73,42 +71,15 @@ def _print_means(rows: list[dict], methods: list[str], columns) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmray bench decision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["joint", "ogm", "decision"])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--dataset", default="synthetic-av")
-    parser.add_argument("--data-dir")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
-                        help="a setting for every run, or only for METHOD's runs")
-    parser.add_argument("--out", help="work folder (default: a temp folder)")
-    args = parser.parse_args(argv)
-
-    import ray
-
-    from mmray.data.registry import resolve_data_dir
-    from mmray.train.launch import start_local_ray
-
-    data_dir, _ = resolve_data_dir(args.dataset, args.data_dir)
+    args = parse_arguments(argv, "mmray bench decision", __doc__, ["joint", "ogm", "decision"])
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-decision-"))
-    start_local_ray(args.threads, worker_logs=False)
     rows = []
     print(_row("run", [name for name, _, _ in COLUMNS]), flush=True)
-    for method in args.methods:
-        settings = {"dataset": args.dataset, "epochs": args.epochs}
-        for item in args.set:
-            scope, _, assignment = item.rpartition(":")
-            if scope in ("", method):
-                settings.update([parse_assignment(assignment)])
-        for seed in range(args.seeds):
-            metrics = train_and_evaluate(method, seed, settings, str(data_dir), out, args.threads)
-            metrics.update(diagnose_and_calibrate(out / f"{method}-seed{seed}" / "best"))
-            rows.append({"method": method, "seed": seed, **metrics})
-            print(_row(f"{method}/{seed}", [f"{scale * metrics[key]:.3f}" if key in metrics else "-"
-                                            for _, key, scale in COLUMNS]), flush=True)
-    ray.shutdown()
+    for method, seed, metrics, run in train_runs(args, out):
+        metrics.update(diagnose_and_calibrate(run / "best"))
+        rows.append({"method": method, "seed": seed, **metrics})
+        print(_row(f"{method}/{seed}", [f"{scale * metrics[key]:.3f}" if key in metrics else "-"
+                                        for _, key, scale in COLUMNS]), flush=True)
     (out / "decision_bench.json").write_text(json.dumps(rows, indent=2))
 
     print(f"\nmmray bench decision: {args.dataset}, {args.epochs} epochs, {args.seeds} seeds, test split of the "

@@ -34,10 +34,11 @@ def train_and_evaluate(method: str, seed: int, settings: dict, data_dir: str, ou
             **evaluate_checkpoint(best, "val"), **evaluate_checkpoint(best, "test")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmray bench methods", description=__doc__,
+def parse_arguments(argv: list[str] | None, prog: str, description: str, methods: list[str]) -> argparse.Namespace:
+    """The options of a bench that trains methods over seeds (`bench methods`, `bench decision`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["joint", "gmm"])
+    parser.add_argument("--methods", nargs="+", default=methods)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--dataset", default="synthetic-av")
@@ -46,29 +47,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                         help="a setting for every run, or only for METHOD's runs")
     parser.add_argument("--out", help="work folder (default: a temp folder)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def train_runs(args: argparse.Namespace, out: Path):
+    """Train every (method, seed) of the command line in turn under one local Ray.
+
+    Yields (method, seed, metrics, run folder); `--set [METHOD:]KEY=VALUE` applies to every run or to METHOD's.
+    """
     import ray
 
     from mmray.data.registry import resolve_data_dir
     from mmray.train.launch import start_local_ray
 
     data_dir, _ = resolve_data_dir(args.dataset, args.data_dir)
-    out = Path(args.out or tempfile.mkdtemp(prefix="mmray-methods-"))
     start_local_ray(args.threads, worker_logs=False)
+    try:
+        for method in args.methods:
+            settings = {"dataset": args.dataset, "epochs": args.epochs}
+            for item in args.set:
+                scope, _, assignment = item.rpartition(":")
+                if scope in ("", method):
+                    settings.update([parse_assignment(assignment)])
+            for seed in range(args.seeds):
+                metrics = train_and_evaluate(method, seed, settings, str(data_dir), out, args.threads)
+                yield method, seed, metrics, out / f"{method}-seed{seed}"
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv, "mmray bench methods", __doc__, ["joint", "gmm"])
+    out = Path(args.out or tempfile.mkdtemp(prefix="mmray-methods-"))
     rows = []
-    for method in args.methods:
-        settings = {"dataset": args.dataset, "epochs": args.epochs}
-        for item in args.set:
-            scope, _, assignment = item.rpartition(":")
-            if scope in ("", method):
-                settings.update([parse_assignment(assignment)])
-        for seed in range(args.seeds):
-            metrics = train_and_evaluate(method, seed, settings, str(data_dir), out, args.threads)
-            rows.append((method, seed, metrics))
-            shown = [*COLUMNS, *sorted(LAST_EPOCH_STATE & set(metrics))]
-            print(f"{method:>12} seed {seed}  " + "  ".join(f"{c}={metrics[c]:.4f}" for c in shown), flush=True)
-    ray.shutdown()
+    for method, seed, metrics, _ in train_runs(args, out):
+        rows.append((method, seed, metrics))
+        shown = [*COLUMNS, *sorted(LAST_EPOCH_STATE & set(metrics))]
+        print(f"{method:>12} seed {seed}  " + "  ".join(f"{c}={metrics[c]:.4f}" for c in shown), flush=True)
 
     print(f"\nmmray bench methods: {args.dataset}, {args.epochs} epochs, {args.seeds} seeds, "
           f"mean +- std (accuracy %), checkpoint selected on validation")
