@@ -6,19 +6,13 @@ Real Ray, real pyarrow filesystems."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-from test_search import SPACE, _completed_trials, _space_file
+from test_search import SPACE, _space_file
 
 from mmray.cli import build_parser
 from mmray.errors import UserError
@@ -131,40 +125,3 @@ def test_two_worker_trial_on_uri_storage_selects_a_train_checkpoint(ray_local, t
     assert not (work / "ddp" / "train").exists()
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
     assert (bucket / "ddp" / BEST_JSON).read_bytes() == (work / "ddp" / BEST_JSON).read_bytes()
-
-
-def test_killed_search_on_uri_storage_resumes_from_the_bucket(no_ray, tiny_synthetic, tmp_path):
-    epochs = 4
-    space = _space_file(tmp_path, "resumable", num_samples=3, scheduler={"type": "fifo"},
-                        fixed={**SPACE["fixed"], "epochs": epochs})
-    bucket, work = tmp_path / "bucket", tmp_path / "work"
-    command = [sys.executable, "-m", "mmray.tune", "--space", str(space), "--storage", f"file://{bucket}",
-               "--workdir", str(work), "--data-dir", str(tiny_synthetic)]
-    # Ray's socket paths must stay under 107 bytes: pytest's tmp_path is too deep for RAY_TMPDIR.
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as ray_tmp:
-        env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-        stored, local = bucket / "resumable", work / "resumable"
-        with open(tmp_path / "first-run.log", "w") as log:
-            run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 240
-        while not _completed_trials(stored, epochs) and time.time() < deadline and run.poll() is None:
-            time.sleep(0.2)
-        assert run.poll() is None, "ended before the kill: " + (tmp_path / "first-run.log").read_text()[-3000:]
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
-        finished_before = {p: p.read_bytes() for p in _completed_trials(stored, epochs)}
-        assert 1 <= len(finished_before) < 3 and not (local / SUMMARY_CSV).exists()
-
-        resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
-        table = pd.read_csv(local / SUMMARY_CSV)
-        assert len(table) == 3 and set(table["status"]) == {"TERMINATED"}
-        for path, content in finished_before.items():
-            assert path.read_bytes() == content, "the finished trial was not run again"
-        # The study kept in the workdir goes on: 3 complete trials (plus, possibly, the killed run's last
-        # proposal, left unfinished when the driver died).
-        study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{local / STUDY_FILE}")
-        states = [t.state for t in study.trials]
-        assert states.count(optuna.trial.TrialState.COMPLETE) == 3
-        assert states.count(optuna.trial.TrialState.RUNNING) == len(states) - 3 <= 1
-        assert (stored / SUMMARY_CSV).read_bytes() == (local / SUMMARY_CSV).read_bytes()
