@@ -10,7 +10,7 @@ from mmray.cli import main
 from mmray.data.pipeline import Augment
 from mmray.data.prepare import PRESETS
 from mmray.data.prepare.audio import AudioRecipe, spectrogram
-from mmray.data.prepare.plan import Clip, carve_validation, read_rows
+from mmray.data.prepare.plan import Clip, Plan, carve_validation, read_rows
 from mmray.tune.space import load_space
 from rawdata import tone
 
@@ -75,3 +75,10 @@ def test_bad_command_lines_fail_in_one_line(tmp_path, capsys):
                  "--max-skipped", "1.5"]) == 2
     assert "--max-skipped: 1.5" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_clip_listed_twice_is_kept_once_and_named():
+    plan = Plan("d", ["a"], [])
+    assert plan.first_listing("x") and plan.first_listing("y")
+    assert not plan.first_listing("x", " (test repeat dropped)")
+    assert plan.notes == ["x is listed twice; kept the first (test repeat dropped)"]

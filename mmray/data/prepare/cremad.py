@@ -35,12 +35,9 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
         out.splits["test"] = f"official lists {', '.join(str(p) for p in lists.values())}"
     else:
         listed = [(p.stem, _emotion(p.stem), "train") for p in sorted(audio_dir.glob("*.wav"))]
-    seen = set()
     for name, label, split in listed:
-        if name in seen:
-            out.notes.append(f"{name} is listed twice; kept the first")
+        if not out.first_listing(name):
             continue
-        seen.add(name)
         if label not in classes:
             out.skip(name, split, f"label {label!r} not in the class list")
         elif _emotion(name) not in (None, label):

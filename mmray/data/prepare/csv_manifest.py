@@ -35,13 +35,11 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
     if class_names is None:
         class_names = sorted({row["label"] for row in rows})
     out = Plan(args.name or path.stem, class_names, [], splits={"source": str(path)})
-    base, seen = path.parent, set()
+    base = path.parent
     for row in rows:
         sample_id, split = row["sample_id"], row["split"]
-        if sample_id in seen:
-            out.notes.append(f"{sample_id} is listed twice; kept the first")
+        if not out.first_listing(sample_id):
             continue
-        seen.add(sample_id)
         files = {key: base / row[key] for key in ("audio_path", "video_path", "frames_dir") if row.get(key)}
         absent = [str(p) for p in files.values() if not p.exists()]
         if row["label"] not in class_names:

@@ -58,13 +58,10 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
     videos = {}
     for path in sorted(root.rglob("*.mp4")):
         videos.setdefault(path.stem, path)
-    seen = set()
     for split, entries in rows.items():
         for clip_id, label in entries:
-            if clip_id in seen:
-                out.notes.append(f"{clip_id} is listed twice; kept the first ({split} repeat dropped)")
+            if not out.first_listing(clip_id, f" ({split} repeat dropped)"):
                 continue
-            seen.add(clip_id)
             if label not in class_names:
                 out.skip(clip_id, split, f"label {label!r} not in the class list")
             elif clip_id not in videos:

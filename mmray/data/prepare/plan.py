@@ -38,9 +38,18 @@ class Plan:
     skipped: list[dict] = field(default_factory=list)  # {"sample_id", "split", "reason"}
     notes: list[str] = field(default_factory=list)
     splits: dict = field(default_factory=dict)  # how the splits were made, for the manifest
+    listed: set = field(default_factory=set)  # sample ids met so far, for first_listing
 
     def skip(self, sample_id: str, split: str, reason: str) -> None:
         self.skipped.append({"sample_id": sample_id, "split": split, "reason": reason})
+
+    def first_listing(self, sample_id: str, detail: str = "") -> bool:
+        """True the first time `sample_id` is listed; a repeat is dropped with a note (plus `detail`)."""
+        if sample_id in self.listed:
+            self.notes.append(f"{sample_id} is listed twice; kept the first{detail}")
+            return False
+        self.listed.add(sample_id)
+        return True
 
 
 def read_text(path: Path) -> str:
