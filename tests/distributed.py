@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmray.train.world import World
+from mmray.world import World
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from mmray.errors import UserError
 from mmray.methods.aug import assign_head, boosting_loss, fit_alpha
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network, build_optimizer, train
-from mmray.train.world import World
+from mmray.world import World
 
 
 def _config(folder, **settings) -> TrainConfig:

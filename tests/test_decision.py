@@ -17,7 +17,7 @@ from mmray.models import AVOutput
 from mmray.train import loop
 from mmray.train.calibrate import fit_calibration
 from mmray.train.config import TrainConfig
-from mmray.train.world import World
+from mmray.world import World
 
 CPU = torch.device("cpu")
 

@@ -19,7 +19,7 @@ from mmray.methods.gmm import GMM, GapMixture, fit_gap_mixture
 from mmray.models import AVOutput
 from mmray.train import loop
 from mmray.train.config import TrainConfig
-from mmray.train.world import World
+from mmray.world import World
 
 CPU = torch.device("cpu")
 WIDTH = 8

@@ -10,7 +10,7 @@ from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
-from mmray.train.world import World
+from mmray.world import World
 
 
 def _run(folder, epochs, resume=None, **settings):

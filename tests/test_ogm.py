@@ -18,7 +18,7 @@ from mmray.methods.ogm import ogm_coefficients
 from mmray.models import AVOutput
 from mmray.train import loop
 from mmray.train.config import TrainConfig
-from mmray.train.world import World
+from mmray.world import World
 
 CPU = torch.device("cpu")
 

@@ -23,7 +23,7 @@ from mmray.data.manifest import load_manifest
 from mmray.errors import UserError
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network
-from mmray.train.world import World
+from mmray.world import World
 from mmray.tune.search import BEST_JSON, STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, RunOptions, run_search
 from mmray.tune.space import load_space
 

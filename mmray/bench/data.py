@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.train.config import TrainConfig
     from mmray.train.launch import start_local_ray
     from mmray.train.loop import build_method_and_network, build_optimizer
-    from mmray.train.world import World
+    from mmray.world import World
 
     data_dir, manifest = resolve_data_dir(args.dataset, args.data_dir)
     cfg = TrainConfig.from_flat({"dataset": args.dataset, "data_dir": str(data_dir),

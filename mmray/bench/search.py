@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.data.manifest import load_manifest
     from mmray.train.config import TrainConfig
     from mmray.train.loop import train
-    from mmray.train.world import World
+    from mmray.world import World
     from mmray.tune.search import RunOptions, build_tuner, prepare_run, start_ray
     from mmray.tune.space import load_space
 

@@ -193,7 +193,7 @@ class AUG(Method):
                 labels.append(batch.label.cpu())
             network.train()
             alpha = fit_alpha(torch.cat(logits["audio"]), torch.cat(logits["visual"]), torch.cat(labels))
-        return float(world.all_reduce_sum(torch.tensor([alpha], device=world.device)).item())
+        return float(world.broadcast(torch.tensor([alpha], device=world.device)).item())
 
     def predict(self, out: AVOutput, extras: dict) -> dict[str, torch.Tensor]:
         audio, visual = extras["audio"].sum(0), extras["visual"].sum(0)

@@ -26,7 +26,7 @@ from mmray.models import AVOutput
 if TYPE_CHECKING:
     from mmray.data.manifest import Manifest
     from mmray.data.pipeline import Batch, RayDataSource
-    from mmray.train.world import World
+    from mmray.world import World
 
 
 def require(ok: bool, key: str, value, rule: str) -> None:

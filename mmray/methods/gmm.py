@@ -251,15 +251,9 @@ class GMM(Method):
     def _share(self, mixture: GapMixture | None) -> GapMixture:
         """Rank 0's mixture on every rank."""
         world = self.ctx.world
-        if world.size == 1:
-            return mixture
-        import torch.distributed as dist
-
         packed = (torch.from_numpy(mixture.packed()) if world.is_main
                   else torch.zeros(3, self.params.gmm_components, dtype=torch.float64))
-        packed = packed.to(world.device)
-        dist.broadcast(packed, src=0)
-        return GapMixture.unpack(packed.cpu().numpy())
+        return GapMixture.unpack(world.broadcast(packed.to(world.device)).cpu().numpy())
 
     def _fit_metrics(self, index: np.ndarray, gap: np.ndarray, r: np.ndarray) -> dict[str, float]:
         m = self.mixture

@@ -23,7 +23,7 @@ from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
 from mmray.train.telemetry import TrialGauges
-from mmray.train.world import World
+from mmray.world import World
 
 # CPUs that no trial and no Train worker may reserve, so Ray Data can always run. Ray Data
 # schedules its tasks outside the trials' placement groups, and its file-listing task needs a

@@ -20,7 +20,7 @@ from mmray.methods import Method, MethodContext, get_method
 from mmray.models import build_model
 from mmray.train.config import TrainConfig
 from mmray.train.metrics import accuracy, confusion, macro_f1
-from mmray.train.world import World
+from mmray.world import World
 
 # (metrics, state to checkpoint). The state holds the live tensors: save it before returning.
 Report = Callable[[dict, dict], None]

@@ -24,7 +24,7 @@ from mmray.errors import UserError
 from mmray.train.checkpoint import STATE_FILE, KeepBestAndLast, load_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network, evaluate, train
-from mmray.train.world import World
+from mmray.world import World
 
 BEST_JSON = "best.json"  # written by a search into its experiment folder
 

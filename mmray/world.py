@@ -1,5 +1,7 @@
 """Who this process is among the training workers, and the collectives methods may need.
 
+It sits below methods and the loop (both import it), so a method never reaches up into `train/`.
+
 Under Ray Train the process group is already initialised (gloo on CPU, NCCL on GPU); in-process
 and in a single-worker Tune trial there is one worker and every collective is the identity.
 """
@@ -58,6 +60,13 @@ class World:
         if self.size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank `src`'s `tensor` on every worker (a new tensor; every rank passes one of the same shape and dtype)."""
+        shared = tensor.clone()
+        if self.size > 1:
+            dist.broadcast(shared, src=src)
+        return shared
 
     def with_every_output(self, loss: torch.Tensor, outputs) -> torch.Tensor:
         """Under DDP: `loss` plus zero times every forward output.
