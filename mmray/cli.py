@@ -30,7 +30,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_tune(args) -> int:
-    from mmray.tune.search import RunOptions, parse_storage, run_search
+    from mmray.tune.search import run_search
+    from mmray.tune.storage import RunOptions, parse_storage
     from mmray.tune.space import load_space
 
     space = load_space(args.space).with_overrides(
@@ -61,7 +62,8 @@ def cmd_prepare(args) -> int:
 def cmd_train(args) -> int:
     from mmray.config import parse_assignment
     from mmray.train.config import TrainConfig
-    from mmray.train.launch import evaluate_checkpoint, run_in_process, start_local_ray
+    from mmray.train.checkpoint import evaluate_checkpoint
+    from mmray.train.launch import run_in_process, start_local_ray
 
     values = {"method": args.method, "dataset": args.dataset, "data_dir": args.data_dir, "seed": args.seed}
     values.update(parse_assignment(item) for item in args.set or [])
@@ -102,7 +104,7 @@ def cmd_diagnose(args) -> int:
     from mmray.methods.diagnostics import headline
     from mmray.train.diagnose import DIAGNOSTICS_JSON, DIAGNOSTICS_PNG, diagnose_checkpoint
     from mmray.train.launch import start_local_ray
-    from mmray.train.purify import find_checkpoint
+    from mmray.train.checkpoint import find_checkpoint
 
     checkpoint = find_checkpoint(args.checkpoint)  # bad input fails before Ray starts
     start_local_ray(args.threads)

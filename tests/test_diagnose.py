@@ -92,7 +92,7 @@ def test_diagnose_and_calibrate_a_finished_run(ray_local, tiny_synthetic, tmp_pa
     clean = read_column_by_index(tiny_synthetic, load_manifest(tiny_synthetic), "test", "corrupted") == "none"
     assert 0 < saved["test_clean"]["samples"] == clean.sum() < 64
     # The accuracies are the method's own (the gated fused prediction), as the loop evaluates them.
-    from mmray.train.launch import evaluate_checkpoint
+    from mmray.train.checkpoint import evaluate_checkpoint
     assert report["val"]["accuracy"]["fused"] == pytest.approx(evaluate_checkpoint(best, "val")["val/fused_acc"])
 
     summary = calibrate(best, "scalar")

@@ -19,7 +19,8 @@ import pytest
 from distributed import free_port
 
 from mmray.errors import UserError
-from mmray.tune.search import BEST_JSON, check_shared_storage
+from mmray.train.checkpoint import BEST_JSON
+from mmray.tune.storage import check_shared_storage
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -24,8 +24,11 @@ from mmray.errors import UserError
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network
 from mmray.world import World
-from mmray.tune.search import BEST_JSON, STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, RunOptions, run_search
+from mmray.train.checkpoint import BEST_JSON
+from mmray.tune.results import SUMMARY_CSV, SUMMARY_JSON
+from mmray.tune.search import STUDY_FILE, run_search
 from mmray.tune.space import load_space
+from mmray.tune.storage import RunOptions
 
 SPACE = {
     "method": "joint", "dataset": "synthetic-av", "metric": "val/fused_acc", "mode": "max",

@@ -18,9 +18,11 @@ from mmray.cli import build_parser
 from mmray.errors import UserError
 from mmray.train.checkpoint import STATE_FILE
 from mmray.train.diagnose import DIAGNOSTICS_JSON
-from mmray.tune.search import (BEST_JSON, SELECTED_CHECKPOINT, STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, RunOptions,
-                               parse_storage, prepare_run, run_search)
+from mmray.train.checkpoint import BEST_JSON
+from mmray.tune.results import SUMMARY_CSV, SUMMARY_JSON
+from mmray.tune.search import STUDY_FILE, prepare_run, run_search
 from mmray.tune.space import load_space
+from mmray.tune.storage import SELECTED_CHECKPOINT, RunOptions, parse_storage
 
 DRIVER_FILES = (STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, BEST_JSON)
 

@@ -22,9 +22,10 @@ import torch
 @torch.no_grad()
 def checkpoint_logits(folder: Path, split: str) -> dict[str, torch.Tensor]:
     """Per-sample logits (fused, audio, visual) and labels of a saved run on one split."""
-    from mmray.train.launch import open_checkpoint
+    from mmray.train.checkpoint import open_checkpoint
 
-    method, network, data, _ = open_checkpoint(folder, (split,))
+    saved = open_checkpoint(folder, (split,))
+    method, network, data = saved.method, saved.network, saved.data
     parts: dict[str, list] = {"fused": [], "audio": [], "visual": [], "label": []}
     for batch in data.eval_batches(split):
         out, extras = network(batch.audio, batch.frames)

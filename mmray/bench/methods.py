@@ -25,8 +25,9 @@ LAST_EPOCH_STATE = {"gmm/auroc_corrupted", "aug/heads_audio", "aug/heads_visual"
 def train_and_evaluate(method: str, seed: int, settings: dict, data_dir: str, out: Path,
                        threads: int) -> dict[str, float]:
     """Train one run in-process; the best-validation checkpoint's val and test metrics (+ its last epoch's)."""
+    from mmray.train.checkpoint import evaluate_checkpoint
     from mmray.train.config import TrainConfig
-    from mmray.train.launch import evaluate_checkpoint, run_in_process
+    from mmray.train.launch import run_in_process
 
     cfg = TrainConfig.from_flat({**settings, "method": method, "seed": seed, "data_dir": data_dir})
     last, best = run_in_process(cfg, out / f"{method}-seed{seed}", threads=threads, quiet=True)

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.train.config import TrainConfig
     from mmray.train.loop import train
     from mmray.world import World
-    from mmray.tune.search import RunOptions, build_tuner, prepare_run, start_ray
+    from mmray.tune.search import build_tuner, open_datasets, prepare_run, start_ray
     from mmray.tune.space import load_space
+    from mmray.tune.storage import RunOptions
 
     space = load_space(args.space).with_overrides(num_samples=args.num_samples, epochs=args.epochs, max_concurrent=1)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="mmray-bench-"))
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     start_ray(None)
     t1 = time.perf_counter()
-    results = build_tuner(space, options, concurrency=1).fit()
+    results = build_tuner(space, options, 1, open_datasets(space)).fit()
     t2 = time.perf_counter()
     trials = [(r.config, len(r.metrics_dataframe)) for r in results if r.metrics_dataframe is not None]
     ray.shutdown()

@@ -96,6 +96,22 @@ class GapMixture:
         return cls(*np.asarray(packed, np.float64))
 
 
+@dataclass(frozen=True)
+class BalancedSelection:
+    """Which train samples a model's gap mixture finds balanced: P(balanced) > threshold."""
+
+    index: np.ndarray  # every train index, ascending
+    gaps: np.ndarray  # g of each, same order
+    p_imbalanced: np.ndarray  # r of each, same order
+    kept: np.ndarray  # the indices kept (P(balanced) > threshold)
+    dropped: np.ndarray  # the others
+    fit: dict[str, float]  # the fit's metrics (gmm/...)
+
+    @property
+    def kept_fraction(self) -> float:
+        return len(self.kept) / len(self.index)
+
+
 def fit_gap_mixture(gaps: np.ndarray, components: int) -> GapMixture:
     gm = GaussianMixture(n_components=components, random_state=0).fit(np.asarray(gaps, np.float64).reshape(-1, 1))
     order = np.argsort(gm.means_[:, 0])
@@ -187,8 +203,10 @@ class GMM(Method):
         if self.purifying(epoch):
             metrics = {"gmm/stage": 2.0}
             if epoch == self.purify_from:
-                metrics.update(self.refit(network))
-                self.keep = ((1.0 - self.posteriors) > p.purify_threshold).float()
+                selection = self.select_balanced(network, p.purify_threshold)
+                metrics.update(selection.fit)
+                self.keep = torch.zeros_like(self.posteriors)
+                self.keep[selection.kept] = 1.0
             metrics["gmm/kept_frac"] = float(self.keep.nansum() / (~self.posteriors.isnan()).sum())
             return metrics
         if epoch < p.warmup_epochs:
@@ -235,6 +253,14 @@ class GMM(Method):
         self.posteriors[index] = torch.from_numpy(r).float()
         self.mixture, self.last_gaps = mixture, gap
         return self._fit_metrics(index.numpy(), gap, r)
+
+    def select_balanced(self, network: nn.Module, threshold: float) -> BalancedSelection:
+        """Refit the mixture on `network`'s gaps over all of train and keep the samples it finds balanced."""
+        fit = self.refit(network)
+        index = np.flatnonzero(~self.posteriors.isnan().numpy())
+        r = self.posteriors.numpy()[index]
+        balanced = (1.0 - r) > threshold
+        return BalancedSelection(index, self.last_gaps, r, index[balanced], index[~balanced], fit)
 
     @torch.no_grad()
     def _sweep_gaps(self, network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from mmray.errors import UserError
 from mmray.methods.diagnostics import collect_outputs
-from mmray.train.launch import open_checkpoint
-from mmray.train.purify import find_checkpoint
+from mmray.train.checkpoint import find_checkpoint, open_checkpoint
 
 Kind = Literal["scalar", "class", "standardize"]
 KINDS = ("scalar", "class", "standardize")
@@ -98,15 +97,16 @@ def calibration_target(run: str | Path, kind: str, reg: float) -> tuple[Path, Pa
 def calibrate(run: str | Path, kind: str = "scalar", reg: float = 0.0) -> dict:
     """Fit on validation, report before/after on validation and test, write `calibration-<kind>.json`."""
     checkpoint, out_file = calibration_target(run, kind, reg)
-    method, network, data, _ = open_checkpoint(checkpoint, ("val", "test"))
-    outputs = {split: collect_outputs(network, method, data.eval_batches(split)) for split in ("val", "test")}
+    saved = open_checkpoint(checkpoint, ("val", "test"))
+    outputs = {split: collect_outputs(saved.network, saved.method, saved.data.eval_batches(split))
+               for split in ("val", "test")}
     val = outputs["val"]
     calibration = fit_calibration(val["audio"], val["visual"], val["label"], kind, reg)
     before, after = {}, {}
     for split, o in outputs.items():
         before.update(_scores(o["fused"], o["label"], split))
         after.update(_scores(calibration.apply(o["audio"].double(), o["visual"].double()), o["label"], split))
-    summary = {"checkpoint": str(checkpoint), "method": method.name, "kind": kind, "reg": reg,
+    summary = {"checkpoint": str(checkpoint), "method": saved.method.name, "kind": kind, "reg": reg,
                "fitted_on": "val", "calibration": calibration.to_json(), "before": before, "after": after,
                "output": str(out_file)}
     out_file.write_text(json.dumps(summary, indent=2))

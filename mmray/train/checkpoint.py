@@ -1,13 +1,28 @@
-"""A checkpoint is a folder holding `state.pt` (network, optimizer, method state, epoch, config)
-and the method's artifacts (diagnostic files) beside it."""
+"""Checkpoints, in one place: writing and reading them, finding one, and rebuilding a saved run.
+
+A checkpoint is a folder holding `state.pt` (network, optimizer, method state, epoch, config) and
+the method's artifacts (diagnostic files) beside it. A search's experiment folder names the
+checkpoint it selected in `best.json`; `find_checkpoint` accepts either folder.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mmray.data.manifest import Manifest, load_manifest
+from mmray.data.pipeline import RayDataSource, configure_data_context, open_split
+from mmray.errors import UserError
+from mmray.methods import Method
+from mmray.train.config import TrainConfig
+from mmray.train.loop import Network, build_method_and_network, evaluate
+from mmray.world import World
+
 STATE_FILE = "state.pt"
+BEST_JSON = "best.json"  # written by a search into its experiment folder
 
 
 def save_state(state: dict, folder: str | Path) -> Path:
@@ -24,6 +39,50 @@ def save_state(state: dict, folder: str | Path) -> Path:
 
 def load_state(folder: str | Path) -> dict:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """A checkpoint folder, or a search's experiment folder (its selected checkpoint)."""
+    run = Path(run).expanduser()
+    if (run / STATE_FILE).is_file():
+        return run
+    if (run / BEST_JSON).is_file():
+        return Path(json.loads((run / BEST_JSON).read_text())["checkpoint"])
+    raise UserError(f"{run}: neither a checkpoint (no {STATE_FILE}) nor an experiment folder (no {BEST_JSON})")
+
+
+@dataclass
+class SavedRun:
+    """A checkpoint rebuilt on CPU: its config and state, the method, the network (eval mode) with the
+    saved weights, and a data source over the requested splits (read from the shards, in order)."""
+    folder: Path
+    state: dict
+    cfg: TrainConfig
+    manifest: Manifest
+    method: Method
+    network: Network
+    data: RayDataSource
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        return evaluate(self.network, self.method, self.data.eval_batches(split), self.manifest.num_classes, split)
+
+
+def open_checkpoint(folder: str | Path, splits: tuple[str, ...], verify: bool = False) -> SavedRun:
+    configure_data_context()
+    state = load_state(folder)
+    cfg = TrainConfig.from_flat(state["config"])
+    manifest = load_manifest(cfg.data_dir, verify=verify)
+    device = torch.device("cpu")
+    data = RayDataSource({s: open_split(cfg.data_dir, manifest, s) for s in splits}, cfg.batch_size, cfg.seed, device)
+    method, network = build_method_and_network(cfg, manifest, data, World.current(device))
+    network.load_state_dict(state["network"])
+    method.load_state_dict(state["method"])
+    return SavedRun(Path(folder), state, cfg, manifest, method, network.eval(), data)
+
+
+def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
+    """Metrics of a saved checkpoint on one split (run once, after selection on validation)."""
+    return open_checkpoint(folder, (split,)).evaluate(split)
 
 
 class KeepBestAndLast:

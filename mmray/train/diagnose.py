@@ -17,8 +17,7 @@ import torch
 
 from mmray.data.shards import read_column_by_index
 from mmray.methods.diagnostics import collect_outputs, diagnose, plot_diagnostics, subset
-from mmray.train.launch import open_checkpoint
-from mmray.train.purify import find_checkpoint
+from mmray.train.checkpoint import find_checkpoint, open_checkpoint
 
 DIAGNOSTICS_JSON = "diagnostics.json"
 DIAGNOSTICS_PNG = "diagnostics.png"
@@ -27,8 +26,9 @@ DIAGNOSTICS_PNG = "diagnostics.png"
 def diagnose_checkpoint(run: str | Path, splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Diagnose a checkpoint folder or an experiment folder's selected checkpoint; write the files beside it."""
     checkpoint = find_checkpoint(run)
-    method, network, data, manifest = open_checkpoint(checkpoint, splits)
-    outputs = {split: collect_outputs(network, method, data.eval_batches(split)) for split in splits}
+    saved = open_checkpoint(checkpoint, splits)
+    method, network, manifest = saved.method, saved.network, saved.manifest
+    outputs = {split: collect_outputs(network, method, saved.data.eval_batches(split)) for split in splits}
     if "corrupted" in manifest.metadata_columns:
         for split in splits:
             clean = read_column_by_index(method.ctx.data_dir, manifest, split, "corrupted") == "none"

@@ -1,11 +1,13 @@
 """Three ways to run the one training loop:
 
-- `run_in_process`: in this process, for debugging (`mmray train`);
-- `run_trial`: as a Ray Tune trial. With one worker the loop runs right in the trial (no Ray Train
-  start-up cost); with N workers the trial drives a Ray Train `TorchTrainer` whose workers run
+- `run_in_process`: in this process, for debugging and benchmarks (`mmray train`);
+- `run_trial` with one worker: as a Ray Tune trial, the loop right in the trial (no Ray Train
+  start-up cost);
+- `run_trial` with N workers: the trial drives a Ray Train `TorchTrainer` whose workers each run
   `train_worker` under DDP.
 
-Ray Data feeds all three through the same pipeline.
+Ray Data feeds all three through the same pipeline; each hands the loop a `report` that saves the
+state as a checkpoint of its kind, and a saved state to resume from.
 """
 
 from __future__ import annotations
@@ -18,49 +20,13 @@ from pathlib import Path
 import torch
 
 from mmray.data.manifest import load_manifest
-from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits, open_split
+from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits
 from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
-from mmray.train.loop import train
+from mmray.train.loop import Report, train
+from mmray.train.resources import DATA_RESERVED_CPUS, WorkerResources
 from mmray.train.telemetry import TrialGauges
 from mmray.world import World
-
-# CPUs that no trial and no Train worker may reserve, so Ray Data can always run. Ray Data
-# schedules its tasks outside the trials' placement groups, and its file-listing task needs a
-# whole CPU: if trials and workers hold every CPU, the pipeline (and so the trial) waits forever.
-DATA_RESERVED_CPUS = 1.0
-# A trial that only drives a Ray Train run holds no CPU, only a little memory (a placement-group
-# bundle cannot be empty): its CPUs are the Train workers'.
-DRIVER_BUNDLE = {"memory": 256 * 1024**2}
-
-
-@dataclass(frozen=True)
-class WorkerResources:
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-    @property
-    def torch_threads(self) -> int:
-        return max(1, int(self.cpus_per_worker))
-
-    def trial_bundles(self) -> list[dict]:
-        """The trial's own placement group. With N workers Ray Train reserves the workers separately."""
-        if self.workers > 1:
-            return [dict(DRIVER_BUNDLE)]
-        own = {"CPU": self.cpus_per_worker}
-        if self.gpus_per_worker:
-            own["GPU"] = self.gpus_per_worker
-        return [own]
-
-    def cpus_per_trial(self) -> float:
-        if self.workers > 1:
-            return self.workers * self.cpus_per_worker
-        return self.cpus_per_worker
-
-
-def device_for(resources: WorkerResources) -> torch.device:
-    return torch.device("cuda") if resources.gpus_per_worker and torch.cuda.is_available() else torch.device("cpu")
 
 
 def start_local_ray(threads: int, worker_logs: bool = True) -> None:
@@ -106,31 +72,17 @@ def run_trial(config: dict, settings: TrialSettings, datasets: dict) -> None:
     configure_data_context()
     for name in ("ray.tune", "ray.train"):  # no "checkpoint created" line per epoch in the progress output
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg = TrainConfig.from_flat(config)
-    manifest = load_manifest(cfg.data_dir, verify=False)  # verified once by the search driver
     resources = settings.resources
     if resources.workers > 1:
         _run_train_driver(config, settings, datasets)
         return
 
     torch.set_num_threads(resources.torch_threads)
-    device = device_for(resources)
-    data = RayDataSource(datasets, cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer)
-    checkpoint = ray.tune.get_checkpoint()
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_state(folder)
-
-    gauges = TrialGauges.for_tune_trial(cfg.method)
-
-    def report(metrics: dict, state: dict) -> None:
-        gauges.set(metrics)  # live in the Ray dashboard and Prometheus
-        with tempfile.TemporaryDirectory() as folder:
-            save_state(state, folder)
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
-
-    train(cfg, manifest, data, report, World.current(device), resume)
+    cfg = TrainConfig.from_flat(config)
+    manifest = load_manifest(cfg.data_dir, verify=False)  # verified once by the search driver
+    data = RayDataSource(datasets, cfg.batch_size, cfg.seed, resources.device, cfg.shuffle_buffer)
+    report = checkpointing_report(ray.tune.report, ray.tune.Checkpoint, TrialGauges.for_tune_trial(cfg.method))
+    train(cfg, manifest, data, report, World.current(resources.device), resumed_state(ray.tune.get_checkpoint()))
 
 
 def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> None:
@@ -140,16 +92,13 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     resources = settings.resources
-    worker_resources = {"CPU": resources.cpus_per_worker}
-    if resources.gpus_per_worker:
-        worker_resources["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config, "threads": resources.torch_threads,
                            "gauge_tags": TrialGauges.for_tune_trial(TrainConfig.from_flat(config).method).tags},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
-            resources_per_worker=worker_resources),
+            resources_per_worker=resources.worker_bundle()),
         datasets={"train_all": datasets["train"], **datasets},  # load_splits' un-augmented train_all wins
         # Each worker streams its own part of train; every worker sees all of validation.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -174,49 +123,32 @@ def train_worker(loop_config: dict) -> None:
     torch.set_num_threads(loop_config["threads"])
     cfg = TrainConfig.from_flat(loop_config["config"])
     manifest = load_manifest(cfg.data_dir, verify=False)
-    device = ray.train.torch.get_device()
-    world = World.current(device)
+    world = World.current(ray.train.torch.get_device())
     data = RayDataSource({name: ray.train.get_dataset_shard(name) for name in ("train", "train_all", "val")},
-                         cfg.batch_size, cfg.seed, device, cfg.shuffle_buffer, world.rank, world.size)
-    checkpoint = ray.train.get_checkpoint()
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_state(folder)
+                         cfg.batch_size, cfg.seed, world.device, cfg.shuffle_buffer, world.rank, world.size)
+    # Rank 0's metrics and state are the run's (as Tune sees them); the others only report, a barrier.
+    report = checkpointing_report(ray.train.report, ray.train.Checkpoint, TrialGauges(**loop_config["gauge_tags"]),
+                                  saves=world.is_main)
+    train(cfg, manifest, data, report, world, resumed_state(ray.train.get_checkpoint()))
 
-    gauges = TrialGauges(**loop_config["gauge_tags"])
 
+def resumed_state(checkpoint) -> dict | None:
+    """The saved state in a Tune or Train checkpoint (a retried or resumed trial), or None for a fresh one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_state(folder)
+
+
+def checkpointing_report(ray_report, checkpoint_type, gauges: TrialGauges, saves: bool = True) -> Report:
+    """The loop's `report` for a Tune trial (`ray.tune.report`) or a Train worker (`ray.train.report`):
+    metrics to the dashboard gauges and to Ray, the state as a checkpoint of `checkpoint_type`."""
     def report(metrics: dict, state: dict) -> None:
-        if world.is_main:
-            gauges.set(metrics)  # rank 0's metrics, as Tune sees them
-            with tempfile.TemporaryDirectory() as folder:
-                save_state(state, folder)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)  # a barrier: every rank reports every epoch
-
-    train(cfg, manifest, data, report, world, resume)
-
-
-def open_checkpoint(folder: str | Path, splits: tuple[str, ...]):
-    """A saved run, rebuilt for evaluation: (method, network in eval mode, data source over `splits`, manifest)."""
-    from mmray.train.loop import build_method_and_network
-
-    configure_data_context()
-    state = load_state(folder)
-    cfg = TrainConfig.from_flat(state["config"])
-    manifest = load_manifest(cfg.data_dir, verify=False)
-    device = torch.device("cpu")
-    data = RayDataSource({s: open_split(cfg.data_dir, manifest, s) for s in splits}, cfg.batch_size, cfg.seed, device)
-    method, network = build_method_and_network(cfg, manifest, data, World.current(device))
-    network.load_state_dict(state["network"])
-    method.load_state_dict(state["method"])
-    return method, network.eval(), data, manifest
-
-
-def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
-    """Metrics of a saved checkpoint on one split (run once, after selection on validation)."""
-    from mmray.train.loop import evaluate
-
-    method, network, data, manifest = open_checkpoint(folder, (split,))
-    return evaluate(network, method, data.eval_batches(split), manifest.num_classes, split)
+        if not saves:
+            ray_report(metrics)
+            return
+        gauges.set(metrics)  # live in the Ray dashboard and Prometheus
+        with tempfile.TemporaryDirectory() as folder:
+            save_state(state, folder)
+            ray_report(metrics, checkpoint=checkpoint_type.from_directory(folder))
+    return report

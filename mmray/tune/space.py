@@ -33,7 +33,7 @@ from mmray.config import build, coerce
 from mmray.errors import UserError
 from mmray.methods import get_method
 from mmray.train.config import TrainConfig, key_type
-from mmray.train.launch import WorkerResources
+from mmray.train.resources import WorkerResources
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 PARAM_TYPES = ("int", "float", "log-float", "categorical")
