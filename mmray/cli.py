@@ -25,6 +25,8 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
                         "copied to the bucket at the end (default: %(default)s)")
     p.add_argument("--name", help="experiment name (default: the space's name)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
+    p.add_argument("--confirm-top-k", type=int, help="retrain the K best configurations with further seeds (0: off)")
+    p.add_argument("--confirm-seeds", type=int, help="how many further seeds each confirmed configuration gets")
     p.add_argument("--address", help="connect to a running Ray cluster (auto, or host:port)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --storage/--name")
 
@@ -36,7 +38,8 @@ def cmd_tune(args) -> int:
 
     space = load_space(args.space).with_overrides(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, epochs=args.epochs,
-        dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
+        dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+        confirm_top_k=args.confirm_top_k, confirm_seeds=args.confirm_seeds)
     options = RunOptions(storage=parse_storage(args.storage), name=args.name or space.name,
                          address=args.address, resume=args.resume, workdir=Path(args.workdir).expanduser().resolve())
     run_search(space, options)

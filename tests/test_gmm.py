@@ -224,3 +224,39 @@ def test_two_workers_get_the_single_process_posteriors(folder, tmp_path):
         assert torch.allclose(result["posteriors"], method.posteriors, atol=1e-5)
         for key, value in single.items():
             assert result["metrics"][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_purification_epochs_train_at_a_lower_rate_with_batchnorm_frozen(folder):
+    # Epochs 1-2 train as usual; epoch 3 purifies: lr x 0.1 from then on, BatchNorm statistics untouched.
+    reports = _train(folder, purify_epochs=1, purify_lr_factor=0.1, lr=1e-3)
+    lrs = [state["optimizer"]["param_groups"][0]["lr"] for _, state in reports]  # each epoch's, for the next one
+    assert lrs == pytest.approx([1e-3, 1e-4, 1e-4])
+    assert 0.0 < reports[-1][0]["gmm/kept_frac"] <= 1.0
+    before, after = reports[1][1]["network"], reports[2][1]["network"]
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight")), "it still trained"
+
+
+def _purification_loss_on_worker(world, folder, out_dir):
+    method = _method_and_network(folder, world=world, purify_epochs=1)[0]
+    out, extras, batch = _fake_step(n=12, seed=3)
+    method.posteriors, method.keep = torch.zeros(128), torch.zeros(128)
+    method.keep[10:13] = 1.0  # three kept samples among the first six, all six kept among the last six
+    method.keep[16:22] = 1.0
+    rows = slice(0, 6) if world.rank == 0 else slice(6, 12)
+    part = AVOutput(fused=out.fused[rows], audio=out.audio[rows], visual=out.visual[rows],
+                    audio_features=out.audio_features[rows], visual_features=out.visual_features[rows])
+    part_batch = Batch(audio=batch.audio, frames=batch.frames, label=batch.label[rows], index=batch.index[rows])
+    loss = method.loss(part, {k: v[rows] for k, v in extras.items()}, part_batch, method.purify_from)
+    torch.save(loss.detach(), out_dir / f"loss{world.rank}.pt")
+
+
+def test_purification_loss_is_the_mean_over_kept_samples_of_all_workers(folder, tmp_path):
+    run_on_two_workers(_purification_loss_on_worker, folder, tmp_path)
+    # DDP averages the workers' gradients, i.e. the gradient of the mean of their losses.
+    ddp_loss = (torch.load(tmp_path / "loss0.pt") + torch.load(tmp_path / "loss1.pt")) / 2
+    out, extras, batch = _fake_step(n=12, seed=3)
+    keep = torch.tensor([1.0] * 3 + [0.0] * 3 + [1.0] * 6)
+    per_sample = sum(F.cross_entropy(z, batch.label, reduction="none") for z in (out.fused, *extras.values()))
+    assert ddp_loss.item() == pytest.approx(((keep * per_sample).sum() / keep.sum()).item(), rel=1e-6)

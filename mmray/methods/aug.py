@@ -31,7 +31,7 @@ from mmray.models import AVOutput
 from mmray.plots import subplots, to_png
 
 MODALITIES = ("audio", "visual")
-ALPHA_GRID = np.linspace(0.0, 1.0, 21)  # where alpha is fitted on validation
+ALPHA_GRID = np.linspace(0.0, 1.0, 21)  # the values alpha is fitted over
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class AUGParams:
     check_every: int = 1  # epochs between assignment checks
     max_heads: int = 4  # per modality
     hidden: int = 256  # width of each head's hidden layer
-    alpha: float | None = None  # fused = alpha z_a + (1 - alpha) z_v; None: fitted on validation every epoch
+    alpha: float | None = None  # fused = alpha z_a + (1 - alpha) z_v; None: fitted on train every epoch
 
     def __post_init__(self):
         require(0.0 <= self.boost_rate <= 1.0, "boost_rate", self.boost_rate, "must be in [0, 1]")
@@ -172,28 +172,28 @@ class AUG(Method):
             if modality is not None and self.boosted.count(modality) < p.max_heads:
                 self.pending = modality
         if p.alpha is None:
-            self.alpha = self._fit_alpha_on_validation(network)
+            self.alpha = self._fit_alpha_on_train(network)
         metrics["aug/alpha"] = self.alpha
         self.history.append({"epoch": epoch + 1, **{k.removeprefix("aug/"): v for k, v in metrics.items()}})
         return metrics
 
     @torch.no_grad()
-    def _fit_alpha_on_validation(self, network: nn.Module) -> float:
-        """Fitted by rank 0 and shared: ranks' BatchNorm statistics differ slightly after DDP training."""
+    def _fit_alpha_on_train(self, network: nn.Module) -> float:
+        """Fitted on the training split (as stored, not augmented), never on validation: the validation
+        score that selects checkpoints and configurations must not contain the data alpha was fitted on.
+        Each worker sweeps its own share; the gathered logits are the same on every rank, and so is the fit."""
         world = self.ctx.world
-        alpha = 0.0
-        if world.is_main:
-            network.eval()
-            logits = {m: [] for m in MODALITIES}
-            labels = []
-            for batch in self.ctx.data.eval_batches("val"):
-                _, extras = network(batch.audio, batch.frames)
-                for m in MODALITIES:
-                    logits[m].append(extras[m].sum(0).cpu())
-                labels.append(batch.label.cpu())
-            network.train()
-            alpha = fit_alpha(torch.cat(logits["audio"]), torch.cat(logits["visual"]), torch.cat(labels))
-        return float(world.broadcast(torch.tensor([alpha], device=world.device)).item())
+        network.eval()
+        logits = {m: [] for m in MODALITIES}
+        labels = []
+        for batch in self.ctx.data.eval_batches("train"):
+            _, extras = network(batch.audio, batch.frames)
+            for m in MODALITIES:
+                logits[m].append(extras[m].sum(0))
+            labels.append(batch.label)
+        network.train()
+        gathered = {m: world.all_gather(torch.cat(logits[m])).cpu() for m in MODALITIES}
+        return fit_alpha(gathered["audio"], gathered["visual"], world.all_gather(torch.cat(labels)).cpu())
 
     def predict(self, out: AVOutput, extras: dict) -> dict[str, torch.Tensor]:
         audio, visual = extras["audio"].sum(0), extras["visual"].sum(0)

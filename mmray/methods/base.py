@@ -5,6 +5,7 @@ The loop owns data, optimisation, evaluation, checkpoints and reporting. A metho
 - `loss()`: the training loss from the model output of one batch;
 - `after_backward()`: gradient modulation between backward and the optimizer step;
 - `on_epoch_start()` / `on_epoch_end()`: work over whole epochs (refits, assignments), returning metrics;
+- `lr_factor()`: a factor on the run's learning rate for an epoch (e.g. fine-tuning epochs at a lower rate);
 - `predict()`: the logits its prediction rule uses, fused and per modality;
 - `state_dict()` / `load_state_dict()`: its own state, saved in every checkpoint;
 - `artifacts()`: files (name -> bytes) to save next to each checkpoint, e.g. diagnostic plots.
@@ -82,6 +83,10 @@ class Method:
 
     def on_epoch_end(self, epoch: int, network: nn.Module) -> dict[str, float]:
         return {}
+
+    def lr_factor(self, epoch: int) -> float:
+        """This epoch's learning rate relative to the run's schedule (1: as scheduled)."""
+        return 1.0
 
     def predict(self, out: AVOutput, extras: dict) -> dict[str, torch.Tensor]:
         """Logits for the fused prediction and for each modality's own prediction."""

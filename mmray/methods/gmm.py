@@ -47,6 +47,7 @@ class GMMParams:
     stopgrad_strong: bool = False
     purify_threshold: float = 0.5  # keep samples with P(balanced) above this (purification)
     purify_epochs: int = 0  # > 0: the run's last epochs fine-tune on the kept samples only
+    purify_lr_factor: float = 0.1  # the learning rate of those epochs, relative to the run's schedule
 
     def __post_init__(self):
         require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be at least 0")
@@ -56,6 +57,7 @@ class GMMParams:
             require(getattr(self, key) >= 0, key, getattr(self, key), "must not be negative")
         require(0 <= self.purify_threshold < 1, "purify_threshold", self.purify_threshold, "must be in [0, 1)")
         require(self.purify_epochs >= 0, "purify_epochs", self.purify_epochs, "must be at least 0")
+        require(0 < self.purify_lr_factor <= 1, "purify_lr_factor", self.purify_lr_factor, "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,13 @@ def modality_gap(extras: dict, label: torch.Tensor, stopgrad_strong: bool = Fals
     return p_a - p_v
 
 
+def freeze_batchnorm(network: nn.Module) -> None:
+    """BatchNorm layers in eval mode: they normalise with their running statistics and stop updating them."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 class UnimodalHeads(nn.Module):
     """Linear(D, K) on each modality's features: the z_a, z_v of the gap and of the unimodal CE."""
 
@@ -173,7 +182,9 @@ class GMM(Method):
         self.keep: torch.Tensor | None = None  # purification: 1.0 for kept train samples, by index
         self._corrupted: np.ndarray | None = None
         # With purify_epochs > 0 the run ends with that many purification epochs (the search option):
-        # refit once, drop samples with P(balanced) <= purify_threshold, plain CE on the rest.
+        # refit once, drop samples with P(balanced) <= purify_threshold, plain CE on the rest at
+        # purify_lr_factor x the learning rate, BatchNorm statistics frozen (so dropped samples,
+        # which still pass through the network, never shape them).
         self.purify_from = ctx.epochs - params.purify_epochs if params.purify_epochs else None
 
     @classmethod
@@ -208,6 +219,7 @@ class GMM(Method):
                 self.keep = torch.zeros_like(self.posteriors)
                 self.keep[selection.kept] = 1.0
             metrics["gmm/kept_frac"] = float(self.keep.nansum() / (~self.posteriors.isnan()).sum())
+            freeze_batchnorm(network)  # until the loop's validation pass sets the network back to train mode
             return metrics
         if epoch < p.warmup_epochs:
             return {"gmm/stage": 0.0}
@@ -223,7 +235,11 @@ class GMM(Method):
                        + F.cross_entropy(extras["visual"], y, reduction="none"))
         if self.purifying(epoch):
             keep = self.keep[batch.index.cpu()].to(y.device)
-            return (keep * (ce_fused + ce_unimodal)).sum() / keep.sum().clamp(min=1.0)
+            # The mean over the kept samples of this step on all workers (DDP averages the gradients
+            # over workers, so each divides by the global kept count over the world size).
+            world = self.ctx.world
+            kept_per_worker = world.all_reduce_sum(keep.sum()) / world.size
+            return (keep * (ce_fused + ce_unimodal)).sum() / kept_per_worker.clamp(min=1.0 / world.size)
         if epoch < p.warmup_epochs:
             return (ce_fused + ce_unimodal).mean()
         r = self.posteriors[batch.index.cpu()].to(y.device)
@@ -233,6 +249,9 @@ class GMM(Method):
                       + p.lambda1 * (1 + p.alpha * r) * g.abs()
                       + p.lambda2 * r * (g - mu_b) ** 2 / (2 * sigma_b ** 2))
         return per_sample.mean()
+
+    def lr_factor(self, epoch: int) -> float:
+        return self.params.purify_lr_factor if self.purifying(epoch) else 1.0
 
     def refit(self, network: nn.Module) -> dict[str, float]:
         """Sweep train on every worker, fit the mixture on rank 0, and give every rank r for every sample."""

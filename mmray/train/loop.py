@@ -9,6 +9,7 @@ calls `report` the same number of times, because under Ray Train it is a barrier
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -24,6 +25,10 @@ from mmray.world import World
 
 # (metrics, state to checkpoint). The state holds the live tensors: save it before returning.
 Report = Callable[[dict, dict], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run ends, and its epoch is neither reported nor saved."""
 
 
 class Network(nn.Module):
@@ -48,6 +53,12 @@ def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data, world: 
                         feature_dims=(model.audio_dim, model.visual_dim), seed=cfg.seed)
     method = get_method(cfg.method)(cfg.method_params, ctx)
     return method, Network(model, method.heads())
+
+
+def lr_factor(cfg: TrainConfig, method: Method, epoch: int) -> float:
+    """The learning rate of `epoch` relative to `cfg.lr`: the schedule's, times the method's own factor."""
+    schedule = (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2 if cfg.lr_schedule == "cosine" else 1.0
+    return schedule * method.lr_factor(epoch)
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -95,22 +106,20 @@ def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Rep
     network = network.to(world.device)
     wrapped = world.wrap(network)
     optimizer = build_optimizer(cfg, network.parameters())
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-                if cfg.lr_schedule == "cosine" else None)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, method, epoch))
 
     start_epoch = 0
     if resume_state is not None:
         network.load_state_dict(resume_state["network"])
         optimizer.load_state_dict(resume_state["optimizer"])
         method.load_state_dict(resume_state["method"])
-        if schedule is not None:
-            schedule.load_state_dict(resume_state["schedule"])
+        schedule.load_state_dict(resume_state["schedule"])
         start_epoch = resume_state["epoch"] + 1
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         metrics = {"epoch": epoch + 1, **method.on_epoch_start(epoch, network)}
-        loss_sum, steps = 0.0, 0
+        loss_sum, steps = torch.zeros((), device=world.device), 0
         for batch in data.train_batches(epoch):
             out, extras = wrapped(batch.audio, batch.frames)
             loss = world.with_every_output(method.loss(out, extras, batch, epoch),
@@ -119,11 +128,15 @@ def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Rep
             loss.backward()
             method.after_backward(network, out, extras, batch, epoch)
             optimizer.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()  # summed on the device: no host sync per step
             steps += 1
-        if schedule is not None:
-            schedule.step()
-        metrics["train/loss"] = loss_sum / max(steps, 1)
+        # Checked once per epoch, over all workers so that every rank stops alike (NaN and inf
+        # propagate through the sums): a broken run ends here, before this epoch is reported.
+        train_loss = world.all_reduce_sum(loss_sum).item() / max(steps * world.size, 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"train/loss is {train_loss} in epoch {epoch + 1} (method {cfg.method}, lr {cfg.lr:g})")
+        schedule.step()
+        metrics["train/loss"] = train_loss
         metrics.update(method.on_epoch_end(epoch, network))
         metrics.update(evaluate(network, method, data.eval_batches("val"), manifest.num_classes, "val"))
         state = {
@@ -132,7 +145,7 @@ def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Rep
             "network": network.state_dict(),
             "optimizer": optimizer.state_dict(),
             "method": method.state_dict(),
-            "schedule": schedule.state_dict() if schedule is not None else None,
+            "schedule": schedule.state_dict(),
             "artifacts": method.artifacts() if world.is_main else {},
         }
         report(metrics, state)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmray.train.checkpoint import BEST_JSON
+from mmray.train.diagnose import DIAGNOSTICS_JSON
 from mmray.tune.space import SearchSpace
 
 SUMMARY_CSV = "summary.csv"
@@ -17,9 +18,22 @@ SUMMARY_JSON = "summary.json"
 
 
 def best_index(values: pd.Series, epochs: pd.Series, mode: str):
-    """Index of the best value; on a tie the later epoch wins (it is the checkpoint Ray keeps)."""
-    order = pd.DataFrame({"v": values if mode == "max" else -values, "e": epochs}).sort_values(["v", "e"])
+    """Index of the best finite value (None if there is none); on a tie the later epoch wins (it is the
+    checkpoint Ray keeps). NaN and inf never rank best: pandas would sort NaN last, i.e. as the best."""
+    values = pd.to_numeric(values, errors="coerce")
+    finite = values.map(math.isfinite)
+    if not finite.any():
+        return None
+    order = pd.DataFrame({"v": values if mode == "max" else -values, "e": epochs})[finite].sort_values(["v", "e"])
     return order.index[-1]
+
+
+def error_reason(result) -> str | None:
+    """The last line of a failed trial's error (e.g. 'NonFiniteLoss: train/loss is nan in epoch 3 ...')."""
+    if not result.error:
+        return None
+    lines = [line.strip() for line in str(result.error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(result.error).__name__
 
 
 def summarize(results, space: SearchSpace) -> pd.DataFrame:
@@ -28,11 +42,15 @@ def summarize(results, space: SearchSpace) -> pd.DataFrame:
     for result in results:
         history = result.metrics_dataframe
         row = {"trial_id": result.metrics.get("trial_id") if result.metrics else None,
-               "status": "ERROR" if result.error else "TERMINATED",
+               "status": "ERROR" if result.error else "TERMINATED", "error": error_reason(result),
                **{f"config/{p.name}": result.config.get(p.name) for p in space.params}}
+        best = None
         if history is not None and not history.empty and space.metric in history:
-            best = history.loc[best_index(history[space.metric], history["epoch"], space.mode)]
-            row.update({"epochs_run": int(history["epoch"].max()), "best_epoch": int(best["epoch"])})
+            best = best_index(history[space.metric], history["epoch"], space.mode)
+            row["epochs_run"] = int(history["epoch"].max())
+        if best is not None:
+            best = history.loc[best]
+            row.update({"best_epoch": int(best["epoch"]), "last_value": float(history[space.metric].iloc[-1])})
             row.update({k: float(best[k]) for k in history.columns if k.startswith("val/")})
         row["path"] = result.path
         rows.append(row)
@@ -46,11 +64,16 @@ def write_summary(table: pd.DataFrame, folder: Path) -> None:
 
 def best_trial(results, table: pd.DataFrame, space: SearchSpace):
     """The result of the trial whose best epoch is best on the search metric, and its summary row."""
-    ok = table.dropna(subset=[space.metric]) if space.metric in table else table.iloc[0:0]
-    if ok.empty:
-        raise RuntimeError(f"no trial reported {space.metric}")
-    row = ok.loc[best_index(ok[space.metric], ok["best_epoch"], space.mode)]
+    best = best_index(table[space.metric], table["best_epoch"], space.mode) if space.metric in table else None
+    if best is None:
+        reasons = "; ".join(sorted({r for r in table.get("error", pd.Series()).dropna()})) or "none reported"
+        raise NoTrialSucceeded(f"no trial reported a finite {space.metric} (errors: {reasons})")
+    row = table.loc[best]
     return next(r for r in results if r.path == row["path"]), row
+
+
+class NoTrialSucceeded(RuntimeError):
+    """Every trial of a search failed or reported no finite value of its metric."""
 
 
 def selected_checkpoint(result, metric: str, mode: str):
@@ -71,23 +94,45 @@ def selected_checkpoint(result, metric: str, mode: str):
         candidates += [(Checkpoint(row["checkpoint_path"], filesystem=fs), row.to_dict())
                        for _, row in history.iterrows() if kept(row["checkpoint_path"])]
     candidates = [(checkpoint, m) for checkpoint, m in candidates if metric in m]
-    if not candidates:
-        raise RuntimeError(f"trial {result.path} kept no checkpoint with {metric}")
     table = pd.DataFrame([m for _, m in candidates])
-    return candidates[best_index(table[metric], table["epoch"], mode)]
+    best = best_index(table[metric], table["epoch"], mode) if candidates else None
+    if best is None:
+        raise RuntimeError(f"trial {result.path} kept no checkpoint with a finite {metric}")
+    return candidates[best]
 
 
-def best_record(result, row, saved_metrics: dict, checkpoint: Path, test: dict, diagnostics: Path,
-                experiment: str, study: str) -> dict:
-    """The content of best.json."""
+def best_value(result, space: SearchSpace) -> float | None:
+    """A trial's best finite value of the search metric over its epochs (None if it has none)."""
+    history = result.metrics_dataframe
+    if history is None or history.empty or space.metric not in history:
+        return None
+    best = best_index(history[space.metric], history["epoch"], space.mode)
+    return None if best is None else float(history.loc[best, space.metric])
+
+
+def mean_std(records: list[dict]) -> tuple[dict, dict]:
+    """Per key, the mean and the (sample) standard deviation over records (std 0 for one record)."""
+    table = pd.DataFrame(records)
+    std = table.std(ddof=1) if len(table) > 1 else table.iloc[0] * 0.0
+    return table.mean().to_dict(), std.to_dict()
+
+
+def best_record(config: dict, seeds: list[dict], space: SearchSpace, experiment: str, study: str) -> dict:
+    """The content of best.json: the chosen configuration, its runs' validation and test figures (mean and
+    std over seeds, and each seed's), and the checkpoint of its best run on validation."""
+    best = seeds[best_index(pd.Series([s["validation"][space.metric] for s in seeds]),
+                            pd.Series([s["best_epoch"] for s in seeds]), space.mode)]
+    validation, validation_std = mean_std([s["validation"] for s in seeds])
+    test, test_std = mean_std([s["test"] for s in seeds])
     return {
-        "trial_id": row["trial_id"],
-        "config": {k: v for k, v in result.config.items() if not _is_nan(v)},
-        "validation": {k: float(v) for k, v in saved_metrics.items() if k.startswith("val/")},
-        "best_epoch": int(saved_metrics["epoch"]),
-        "test": test,
-        "checkpoint": str(checkpoint),
-        "diagnostics": str(diagnostics),
+        "trial_id": best["trial_id"],
+        "config": {k: v for k, v in config.items() if not _is_nan(v)},
+        "validation": validation, "validation_std": validation_std,
+        "test": test, "test_std": test_std,
+        "best_epoch": best["best_epoch"],
+        "checkpoint": best["checkpoint"],
+        "diagnostics": str(Path(best["checkpoint"]) / DIAGNOSTICS_JSON),
+        "seeds": seeds,
         "experiment": experiment,
         "study": study,
     }
@@ -101,11 +146,21 @@ def _is_nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def print_best(best: dict, space: SearchSpace, files: str) -> None:
+def print_best(best: dict, space: SearchSpace, table: pd.DataFrame, files: str) -> None:
     searched = {p.name: best["config"].get(p.name) for p in space.params}
     fmt = lambda d: "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
-    print("\n== mmray: best trial", best["trial_id"], f"(epoch {best['best_epoch']}, selected on {space.metric})")
+    pm = lambda mean, std: "  ".join(f"{k}={v:.4f}" + (f"+-{std[k]:.4f}" if len(best["seeds"]) > 1 else "")
+                                     for k, v in mean.items())
+    for _, row in table[table["status"] == "ERROR"].iterrows():
+        print(f"mmray: trial {row['trial_id'] or row['path']} failed: {row['error']}")
+    seeds = [s["seed"] for s in best["seeds"]]
+    print("\n== mmray: chosen configuration", f"(selected on {space.metric};",
+          f"{len(seeds)} seed(s): {seeds}; best run: trial {best['trial_id']}, epoch {best['best_epoch']})")
     print("config     ", fmt(searched) or "(nothing searched)")
-    print("validation ", fmt(best["validation"]))
-    print("test       ", fmt(best["test"]))
+    print("validation ", pm(best["validation"], best["validation_std"]))
+    print("test       ", pm(best["test"], best["test_std"]))
+    if len(seeds) > 1:
+        for s in best["seeds"]:
+            print(f"  seed {s['seed']:<4} val {s['validation'][space.metric]:.4f}  "
+                  + "  ".join(f"{k}={v:.4f}" for k, v in s["test"].items() if k.endswith("_acc")))
     print("results    ", best["experiment"], f"({files})", flush=True)

@@ -13,10 +13,11 @@ import os
 from mmray.data.registry import resolve_data_dir
 from mmray.errors import UserError
 from mmray.train.checkpoint import BEST_JSON, evaluate_checkpoint
-from mmray.train.diagnose import DIAGNOSTICS_JSON, diagnose_checkpoint
+from mmray.train.diagnose import diagnose_checkpoint
 from mmray.train.launch import TrialSettings, run_trial
 from mmray.train.resources import DATA_RESERVED_CPUS
 from mmray.tune import results as res
+from mmray.tune.confirm import confirm, top_configs
 from mmray.tune.space import SearchSpace
 from mmray.tune.storage import RunOptions, check_storage_reachable, experiment_stored, local_checkpoint, upload_experiment
 
@@ -28,23 +29,34 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     start_ray(options.address)
     check_storage_reachable(options)
     datasets = open_datasets(space)
-    results = build_tuner(space, options, fitting_concurrency(space), datasets).fit()
+    concurrency = fitting_concurrency(space)
+    settings = trial_settings(space, options)
+    results = build_tuner(space, options, concurrency, settings, datasets).fit()
 
     exp = options.experiment_dir
     table = res.summarize(results, space)
     res.write_summary(table, exp)
-    if results.num_errors:
-        print(f"mmray: {results.num_errors} trial(s) failed; see {options.experiment_uri} for their logs", flush=True)
-    best_result, best_row = res.best_trial(results, table, space)
-    kept, saved_metrics = res.selected_checkpoint(best_result, space.metric, space.mode)
-    checkpoint = local_checkpoint(kept, options)  # evaluated and diagnosed here
-    diagnose_checkpoint(checkpoint)  # the selected model's decision-layer diagnostics, written beside it
-    best = res.best_record(best_result, best_row, saved_metrics, checkpoint, evaluate_checkpoint(checkpoint, "test"),
-                           checkpoint / DIAGNOSTICS_JSON, options.experiment_uri, f"sqlite:///{exp / STUDY_FILE}")
+    best_result, _ = res.best_trial(results, table, space)
+    config, runs = best_result.config, [(space.seed, best_result)]
+    if space.confirm.top_k:  # replaced by the configuration with the best mean over further seeds
+        configs = top_configs(results, table, space, space.confirm.top_k)
+        config, runs = confirm(space, options, configs, settings, concurrency, datasets)[0]
+    seeds = [evaluate_run(seed, result, space, options) for seed, result in runs]
+    best = res.best_record(config, seeds, space, options.experiment_uri, f"sqlite:///{exp / STUDY_FILE}")
+    diagnose_checkpoint(best["checkpoint"])  # the chosen model's decision-layer diagnostics, written beside it
     res.write_best(best, exp)
     upload_experiment(options)
-    res.print_best(best, space, f"{res.SUMMARY_CSV}, {res.SUMMARY_JSON}, {BEST_JSON}, {STUDY_FILE}")
+    res.print_best(best, space, table, f"{res.SUMMARY_CSV}, {res.SUMMARY_JSON}, {BEST_JSON}, {STUDY_FILE}")
     return best
+
+
+def evaluate_run(seed: int, result, space: SearchSpace, options: RunOptions) -> dict:
+    """One run's checkpoint selected on validation, evaluated once on test."""
+    kept, saved_metrics = res.selected_checkpoint(result, space.metric, space.mode)
+    checkpoint = local_checkpoint(kept, options, f"seed{seed}")
+    return {"seed": seed, "trial_id": saved_metrics.get("trial_id"), "best_epoch": int(saved_metrics["epoch"]),
+            "validation": {k: float(v) for k, v in saved_metrics.items() if k.startswith("val/")},
+            "test": evaluate_checkpoint(checkpoint, "test"), "checkpoint": str(checkpoint)}
 
 
 def prepare_run(space: SearchSpace, options: RunOptions) -> SearchSpace:
@@ -121,15 +133,19 @@ def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: flo
     return min(fits, space.max_concurrent)
 
 
-def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, datasets: dict):
+def trial_settings(space: SearchSpace, options: RunOptions) -> TrialSettings:
+    return TrialSettings(resources=space.resources, storage_path=f"{options.experiment_uri}/train",
+                         metric=space.metric, mode=space.mode)
+
+
+def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from mmray.tune.searcher import SelectionSearch
 
     exp = options.experiment_dir
-    settings = TrialSettings(resources=space.resources, storage_path=f"{options.experiment_uri}/train",
-                             metric=space.metric, mode=space.mode)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, settings=settings, datasets=datasets),
         tune.PlacementGroupFactory(space.resources.trial_bundles()),
@@ -139,7 +155,8 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, datas
                                   resume_errored=True)
 
     exp.mkdir(parents=True)
-    searcher = OptunaSearch(
+    searcher = SelectionSearch(
+        epochs=space.epochs,
         space=space.define_by_run(),
         metric=space.metric,
         mode=space.mode,

@@ -91,6 +91,13 @@ class Scheduler:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """After the search: retrain the `top_k` best configurations with `seeds` further seeds (0: off)."""
+    top_k: int = 0
+    seeds: int = 2
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     source: Path
     name: str
@@ -106,6 +113,7 @@ class SearchSpace:
     params: tuple[Param, ...]
     data_dir: str | None = None
     seed: int = 0
+    confirm: Confirm = Confirm()
 
     @property
     def epochs(self) -> int:
@@ -122,8 +130,10 @@ class SearchSpace:
     def with_overrides(self, **overrides) -> "SearchSpace":
         """Apply command-line overrides (None means "not given") and re-validate what they touch."""
         epochs = overrides.pop("epochs", None)
+        confirm = {k: overrides.pop(f"confirm_{k}", None) for k in ("top_k", "seeds")}
         changes = {k: v for k, v in overrides.items() if v is not None}
         space = replace(self, **changes)
+        space = replace(space, confirm=replace(space.confirm, **{k: v for k, v in confirm.items() if v is not None}))
         if epochs is not None:
             space = replace(space, fixed={**space.fixed, "epochs": epochs})
         _check_space(space, where=f"{self.source} (with command-line overrides)")
@@ -156,7 +166,7 @@ def load_space(name: str) -> SearchSpace:
 
 
 TOP_LEVEL = ("name", "method", "dataset", "data_dir", "metric", "mode", "num_samples", "max_concurrent",
-             "seed", "scheduler", "resources", "fixed", "params")
+             "seed", "scheduler", "resources", "confirm", "fixed", "params")
 REQUIRED = ("method", "dataset", "metric", "mode")
 
 
@@ -188,6 +198,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         seed=coerce(raw.get("seed", 0), int, f"{where}: seed"),
         scheduler=build(Scheduler, raw.get("scheduler") or {}, f"{where}: scheduler"),
         resources=build(WorkerResources, raw.get("resources") or {}, f"{where}: resources"),
+        confirm=build(Confirm, raw.get("confirm") or {}, f"{where}: confirm"),
         fixed=_parse_fixed(raw.get("fixed") or {}, method, where),
         params=(),
     )
@@ -303,6 +314,10 @@ def _check_space(space: SearchSpace, where: str) -> None:
     r = space.resources
     if r.workers < 1 or r.cpus_per_worker <= 0 or r.gpus_per_worker < 0:
         raise UserError(f"{where}: resources need workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0")
+    c = space.confirm
+    if c.top_k < 0 or c.seeds < 1:
+        raise UserError(f"{where}: confirm needs top_k >= 0 (0: no confirmation) and seeds >= 1, "
+                        f"got top_k {c.top_k}, seeds {c.seeds}")
     s = space.scheduler
     if s.type == "asha" and not (1 <= s.grace_period <= space.epochs):
         raise UserError(f"{where}: scheduler.grace_period {s.grace_period} must be between 1 and epochs ({space.epochs})")

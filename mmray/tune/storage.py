@@ -104,11 +104,12 @@ def check_storage_reachable(options: RunOptions) -> None:
         check_shared_storage(options.storage)
 
 
-def local_checkpoint(checkpoint, options: RunOptions) -> Path:
-    """A local folder holding `checkpoint` (a ray.train.Checkpoint): itself, or a download from the bucket."""
+def local_checkpoint(checkpoint, options: RunOptions, name: str) -> Path:
+    """A local folder holding `checkpoint` (a ray.train.Checkpoint): itself, or a download from the bucket
+    into the workdir's `selected_checkpoint/<name>`."""
     if not options.remote:
         return Path(checkpoint.path)
-    target = options.experiment_dir / SELECTED_CHECKPOINT
+    target = options.experiment_dir / SELECTED_CHECKPOINT / name
     shutil.rmtree(target, ignore_errors=True)
     return Path(checkpoint.to_directory(str(target)))
 
