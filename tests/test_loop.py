@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
+from mmray.data.memory import InMemoryDataSource
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
 from mmray.train.world import World

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from mmray.bench.memory import InMemoryDataSource
+    from mmray.data.memory import InMemoryDataSource
     from mmray.data.manifest import load_manifest
     from mmray.train.config import TrainConfig
     from mmray.train.loop import train

@@ -25,7 +25,7 @@ from mmray.models import AVOutput
 
 if TYPE_CHECKING:
     from mmray.data.manifest import Manifest
-    from mmray.data.pipeline import Batch, RayDataSource
+    from mmray.data.source import Batch, DataSource
     from mmray.train.world import World
 
 
@@ -46,7 +46,7 @@ class MethodContext:
     data_dir: str  # the prepared dataset folder, for methods that read per-sample metadata
     epochs: int
     world: "World"  # rank, size, collectives: methods that gather over workers use it
-    data: "RayDataSource"  # epoch hooks may sweep the training split (this worker's part)
+    data: "DataSource"  # epoch hooks may sweep the training split (this worker's part)
     feature_dims: tuple[int, int]  # (D_a, D_v) of the encoders' features, for heads a method adds
     seed: int  # the run's seed, for randomness a method must draw identically on every worker
 
