@@ -8,9 +8,9 @@ import pytest
 
 from mmray.cli import main
 from mmray.data.pipeline import Augment
-from mmray.data.prepare import PRESETS
 from mmray.data.prepare.audio import AudioRecipe, spectrogram
 from mmray.data.prepare.plan import Clip, Plan, carve_validation, read_rows
+from mmray.data.registry import datasets
 from mmray.tune.space import load_space
 from rawdata import tone
 
@@ -58,7 +58,7 @@ def test_augmentation_crops_and_flips_whole_clips_keeping_shapes():
 @pytest.mark.parametrize("name", ["cremad-gmm", "ave-gmm", "kinetics-sounds-gmm"])
 def test_real_data_search_spaces(name):
     space = load_space(name)
-    assert space.dataset in PRESETS and space.dataset == name.removesuffix("-gmm")
+    assert space.dataset in datasets() and space.dataset == name.removesuffix("-gmm")
     assert space.fixed["model"] == "resnet18" and space.resources.gpus_per_worker == 1
     assert space.fixed["optimizer"] == "sgd" and space.fixed["lr"] == 1e-3 and space.fixed["batch_size"] == 64
 

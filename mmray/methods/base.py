@@ -20,19 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmray.errors import UserError
+from mmray.config import require  # noqa: F401  (methods import it from here, beside Method)
 from mmray.models import AVOutput
 
 if TYPE_CHECKING:
     from mmray.data.manifest import Manifest
     from mmray.data.source import Batch, DataSource
     from mmray.train.world import World
-
-
-def require(ok: bool, key: str, value, rule: str) -> None:
-    """Refuse a hyperparameter with a message naming it, e.g. `require(k >= 1, "k", k, "must be at least 1")`."""
-    if not ok:
-        raise UserError(f"{key}: {value!r} {rule}")
 
 
 @dataclass(frozen=True)
