@@ -91,8 +91,8 @@ def prepare_preset(name: str, plan: Callable, defaults: dict, out: str | Path, o
     if not root.exists():
         raise UserError(f"{root}: no such folder")
     clips = plan(root, options, _class_list(options.classes))
-    recipe = AudioRecipe(**{**defaults["recipe"], **{field: getattr(options, key) for key, field in RECIPE_OPTIONS.items()
-                                                     if getattr(options, key) is not None}})
+    given = {field: getattr(options, key) for key, field in RECIPE_OPTIONS.items() if getattr(options, key) is not None}
+    recipe = AudioRecipe(**{**defaults["recipe"], **given})
     settings = ClipSettings(
         recipe=recipe, frames=options.frames_per_clip or defaults["frames"], fps=options.fps or defaults["fps"],
         image_size=options.image_size, frame_encoding=options.frame_encoding, audio_dtype=options.audio_dtype,
