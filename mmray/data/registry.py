@@ -1,8 +1,9 @@
 """Which datasets mmray knows, and where their prepared shards are found (or made).
 
-Every dataset is one entry: a `prepare(out, options, force)` function decorated with
-`@register(name, Options)`, next to its code. `Options` is a dataclass of what preparing it takes,
-built and validated from plain values (`mmray prepare` flags) with mmray.config.build.
+Every dataset is one entry, declared next to its code: a `prepare(out, options, force)` decorated
+with `@register(name, Options)` (synthetic.py), or, for a real-data preset, its `plan` decorated
+with `@preset(name, Options, defaults)` (prepare/preset.py). `Options` is a dataclass of what
+preparing it takes, built and validated from plain values (`mmray prepare` flags) with mmray.config.build.
 
 A dataset named in a search or a training run resolves to a prepared folder: the one given with
 `--data-dir`, or, for datasets that mmray generates offline (`synthetic-av`), a cache folder
@@ -41,7 +42,7 @@ _DATASETS: dict[str, Dataset] = {}
 
 
 def register(name: str, options: type, generated: bool = False):
-    """Decorator: `@register("cremad", CremadOptions)` over the dataset's prepare function."""
+    """Decorator over a dataset's prepare function: `@register("synthetic-av", SyntheticConfig, generated=True)`."""
     def add(prepare):
         _DATASETS[name] = Dataset(name, options, prepare, generated)
         return prepare
