@@ -46,16 +46,16 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def cmd_prepare(args) -> int:
-    from mmray.data import prepare, synthetic
+def prepare_dataset(args):
+    """`mmray prepare`'s work: the dataset's typed options from the flags, then its prepare."""
+    from mmray.data.registry import get_dataset
 
-    if args.dataset == synthetic.NAME:
-        cfg = synthetic.SyntheticConfig(seed=args.seed, frame_encoding=args.frame_encoding or "raw")
-        manifest = synthetic.prepare(Path(args.out), cfg, force=args.force)
-    elif args.dataset in prepare.PRESETS:
-        manifest = prepare.run(args)
-    else:
-        raise UserError(f"dataset {args.dataset!r}: mmray prepare knows {', '.join([synthetic.NAME, *prepare.PRESETS])}")
+    dataset = get_dataset(args.dataset)
+    return dataset.prepare(Path(args.out), dataset.options_from_flags(vars(args)), force=args.force)
+
+
+def cmd_prepare(args) -> int:
+    manifest = prepare_dataset(args)
     sizes = ", ".join(f"{s} {manifest.split_size(s)}" for s in manifest.shards)
     skipped = f"; {len(manifest.skipped)} clips skipped (named in manifest.json)" if manifest.skipped else ""
     print(f"mmray: prepared {manifest.dataset} in {args.out} ({sizes}){skipped}")

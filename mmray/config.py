@@ -46,19 +46,31 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def build(cls, values: dict, where: str):
-    """Build dataclass `cls` from a dict, refusing unknown keys and ill-typed values."""
+def require(ok: bool, key: str, value, rule: str) -> None:
+    """Refuse a setting in a dataclass's `__post_init__` with a message naming it, e.g.
+    `require(k >= 1, "k", k, "must be at least 1")`; `build` adds where the key was given."""
+    if not ok:
+        raise UserError(f"{key}: {value!r} {rule}")
+
+
+def build(cls, values: dict, where: str, flags: bool = False):
+    """Build dataclass `cls` from a dict, refusing unknown keys and ill-typed values.
+
+    Errors name a key as `where.key`; with `flags` (values from a command line) as its flag, `--the-key`.
+    """
     if not isinstance(values, dict):
         raise UserError(f"{where}: expected a mapping, got {type(values).__name__}")
+    name = (lambda key: "--" + key.replace("_", "-")) if flags else (lambda key: f"{where}.{key}")
     types = field_types(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
-        raise UserError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(types)})")
-    values = {k: coerce(v, types[k], f"{where}.{k}") for k, v in values.items()}
+        raise UserError(f"{name(unknown[0])}: unknown key (allowed: {', '.join(types)})")
+    values = {k: coerce(v, types[k], name(k)) for k, v in values.items()}
     try:
         return cls(**values)
-    except UserError as e:  # a range check in __post_init__, which names the key but not the place
-        raise UserError(f"{where}.{e}") from None
+    except UserError as e:  # a range check in __post_init__ (`require`), which names the key but not the place
+        key, sep, rule = str(e).partition(": ")
+        raise UserError(f"{name(key)}{sep}{rule}") from None
 
 
 def parse_assignment(item: str) -> tuple[str, Any]:

@@ -204,11 +204,10 @@ def make_csv_manifest(root: Path, per_class: int = 8, seconds: float = 1.0, imag
 def prepare(dataset: str, root: Path, out: Path, *options: str):
     """`mmray prepare <dataset> --root root --out out options...`, parsed by the real CLI, run in this
     process on the test session's Ray."""
-    from mmray.cli import build_parser
-    from mmray.data import prepare as preparing
+    from mmray.cli import build_parser, prepare_dataset
 
     args = build_parser().parse_args(["prepare", dataset, "--root", str(root), "--out", str(out), "--quiet", *options])
-    return preparing.run(args)
+    return prepare_dataset(args)
 
 
 def stored_rows(out: Path, manifest) -> dict[str, dict]:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from distributed import run_on_two_workers
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
+from mmray.data.memory import InMemoryDataSource
 from mmray.errors import UserError
 from mmray.methods.aug import assign_head, boosting_loss, fit_alpha
 from mmray.train.config import TrainConfig

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
-from mmray.data.pipeline import Batch
+from mmray.data.memory import InMemoryDataSource
+from mmray.data.source import Batch
 from mmray.errors import UserError
 from mmray.methods.decision import certainty
 from mmray.models import AVOutput

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from distributed import run_on_two_workers
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
-from mmray.data.pipeline import Batch
+from mmray.data.memory import InMemoryDataSource
+from mmray.data.source import Batch
 from mmray.errors import UserError
 from mmray.methods.gmm import GMM, GapMixture, fit_gap_mixture
 from mmray.models import AVOutput

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import torch
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
+from mmray.data.memory import InMemoryDataSource
 from mmray.train.config import TrainConfig
 from mmray.train.loop import train
 from mmray.world import World
@@ -52,3 +54,9 @@ def test_unimodal_baseline_leaves_the_other_encoder_untouched(tiny_synthetic):
     audio = [k for k in after if k.startswith("model.audio_encoder") and "weight" in k]
     assert visual and all(torch.equal(before[k], after[k]) for k in visual)
     assert any(not torch.equal(before[k], after[k]) for k in audio)
+
+
+def test_the_data_source_interface_and_the_in_memory_source_import_no_ray():
+    code = "import sys, mmray.data.source, mmray.data.memory; print(sorted(m for m in sys.modules if m[:3] == 'ray'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

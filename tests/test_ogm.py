@@ -10,9 +10,9 @@ import pytest
 import torch
 from distributed import run_on_two_workers
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
-from mmray.data.pipeline import Batch
+from mmray.data.memory import InMemoryDataSource
+from mmray.data.source import Batch
 from mmray.errors import UserError
 from mmray.methods.ogm import ogm_coefficients
 from mmray.models import AVOutput

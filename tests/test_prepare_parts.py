@@ -1,16 +1,19 @@
 """Parts of `mmray prepare` that need no Ray: recipes at their real sizes, split files, the
-validation carve, train-time augmentation, the real-data search spaces, and bad command lines."""
+validation carve, train-time augmentation, the real-data search spaces, the dataset registry's
+typed options, and bad command lines."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mmray.cli import main
+from mmray.cli import build_parser, main
 from mmray.data.pipeline import Augment
-from mmray.data.prepare import PRESETS
 from mmray.data.prepare.audio import AudioRecipe, spectrogram
 from mmray.data.prepare.plan import Clip, Plan, carve_validation, read_rows
+from mmray.data.registry import datasets, get_dataset
+from mmray.data.synthetic import SyntheticConfig
+from mmray.errors import UserError
 from mmray.tune.space import load_space
 from rawdata import tone
 
@@ -58,7 +61,7 @@ def test_augmentation_crops_and_flips_whole_clips_keeping_shapes():
 @pytest.mark.parametrize("name", ["cremad-gmm", "ave-gmm", "kinetics-sounds-gmm"])
 def test_real_data_search_spaces(name):
     space = load_space(name)
-    assert space.dataset in PRESETS and space.dataset == name.removesuffix("-gmm")
+    assert space.dataset in datasets() and space.dataset == name.removesuffix("-gmm")
     assert space.fixed["model"] == "resnet18" and space.resources.gpus_per_worker == 1
     assert space.fixed["optimizer"] == "sgd" and space.fixed["lr"] == 1e-3 and space.fixed["batch_size"] == 64
 
@@ -82,3 +85,19 @@ def test_a_clip_listed_twice_is_kept_once_and_named():
     assert plan.first_listing("x") and plan.first_listing("y")
     assert not plan.first_listing("x", " (test repeat dropped)")
     assert plan.notes == ["x is listed twice; kept the first (test repeat dropped)"]
+
+
+def test_every_dataset_is_one_registry_entry_with_typed_options():
+    assert set(datasets()) == {"synthetic-av", "cremad", "ave", "kinetics-sounds", "manifest"}
+    assert [name for name, d in datasets().items() if d.generated] == ["synthetic-av"]
+    flags = lambda *argv: vars(build_parser().parse_args(["prepare", *argv, "--out", "o"]))
+    cremad = get_dataset("cremad").options_from_flags(flags("cremad", "--root", "r", "--speaker-disjoint",
+                                                            "--audio-recipe", "fbank", "--val-fraction", "0.2"))
+    assert (cremad.root, cremad.speaker_disjoint, cremad.audio_recipe, cremad.val_fraction) == ("r", True, "fbank", 0.2)
+    assert cremad.rows_per_shard == 256 and cremad.frame_encoding == "jpeg"  # the options' defaults, not the parser's
+    synthetic = get_dataset("synthetic-av").options_from_flags(flags("synthetic-av", "--seed", "3", "--root", "r"))
+    assert synthetic == SyntheticConfig(seed=3)  # flags that synthetic-av does not take are left out
+    with pytest.raises(UserError, match=r"^--test-fraction: 1\.0 is not in \[0, 1\)$"):
+        get_dataset("ave").options_from_flags(flags("ave", "--test-fraction", "1"))
+    with pytest.raises(UserError, match="dataset 'nope': mmray prepare knows synthetic-av, "):
+        get_dataset("nope")

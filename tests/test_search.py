@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmray.bench.memory import InMemoryDataSource
 from mmray.data.manifest import load_manifest
+from mmray.data.memory import InMemoryDataSource
 from mmray.errors import UserError
 from mmray.train.config import TrainConfig
 from mmray.train.loop import build_method_and_network

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
     import torch
-    from mmray.bench.memory import InMemoryDataSource
     from mmray.config import parse_assignment
+    from mmray.data.memory import InMemoryDataSource
     from mmray.data.pipeline import CACHE_LIMIT_BYTES, RayDataSource, configure_data_context, decoded_bytes, load_splits, open_split
     from mmray.data.registry import resolve_data_dir
     from mmray.train.config import TrainConfig

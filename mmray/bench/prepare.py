@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from mmray.bench import data as bench_data
-    from mmray.cli import build_parser
-    from mmray.data import prepare
+    from mmray.cli import build_parser, prepare_dataset
 
     work = Path(args.folder or tempfile.mkdtemp(prefix="mmray-bench-prepare-"))
     raw, out = work / "CREMA-D", work / "cremad"
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_args = build_parser().parse_args(["prepare", "cremad", "--root", str(raw), "--out", str(out),
                                                   "--rows-per-shard", "32", "--quiet"])
         start = time.perf_counter()
-        manifest = prepare.run(prepare_args)
+        manifest = prepare_dataset(prepare_args)
         seconds = time.perf_counter() - start
         ray.shutdown()
         load = os.getloadavg()

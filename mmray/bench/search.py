@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from mmray.bench.memory import InMemoryDataSource
     from mmray.data.manifest import load_manifest
+    from mmray.data.memory import InMemoryDataSource
     from mmray.train.config import TrainConfig
     from mmray.train.loop import train
     from mmray.world import World

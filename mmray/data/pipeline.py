@@ -1,4 +1,4 @@
-"""Ray Data pipelines over prepared shards, and the data source the training loop iterates.
+"""Ray Data pipelines over prepared shards, and the data source over them that the training loop iterates.
 
 Reading and decoding run as Ray Data tasks (streaming, backpressured); the training worker only
 pulls ready tensors. Shapes and dtypes come from the manifest.
@@ -7,7 +7,6 @@ pulls ready tensors. Shapes and dtypes come from the manifest.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 from ray.data.expressions import col
 
 from mmray.data.manifest import Manifest
-from mmray.data.shards import decode_audio, decode_frames
+from mmray.data.shards import Decode
+from mmray.data.source import Batch
 
 # Read and decode tasks take a fraction of a CPU: several run on the CPU kept free for Ray Data.
 DATA_TASK_CPUS = 0.25
@@ -35,22 +35,6 @@ def configure_data_context(quiet: bool = True) -> None:
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no "execution finished" line per epoch
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor "progress bars disabled"
-
-
-class Decode:
-    """Shard rows -> model-ready arrays. A callable class so Ray Data ships the specs once."""
-
-    def __init__(self, manifest: Manifest):
-        self.audio_spec = manifest.audio
-        self.frames_spec = manifest.frames
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "audio": decode_audio(batch["audio"], self.audio_spec),
-            "frames": decode_frames(batch["frames"], self.frames_spec),
-            "label": batch["label"].astype(np.int64),
-            "index": batch["index"].astype(np.int64),
-        }
 
 
 class Augment:
@@ -114,16 +98,8 @@ def load_splits(root: str, manifest: Manifest, splits=("train", "val"),
     return datasets
 
 
-@dataclass
-class Batch:
-    audio: torch.Tensor  # (B, C, F, T)
-    frames: torch.Tensor  # (B, T, C, H, W)
-    label: torch.Tensor  # (B,)
-    index: torch.Tensor  # (B,) sample index within the split
-
-
 class RayDataSource:
-    """What the training loop iterates: shuffled train batches per epoch, ordered eval batches.
+    """The `DataSource` (mmray/data/source.py) of Ray runs: shuffled train batches per epoch, ordered eval batches.
 
     `splits` maps a split name to a Ray Dataset or a DataIterator (a Train worker's shard);
     both stream through `iter_torch_batches`. Under Ray Train, "train" is this worker's streaming

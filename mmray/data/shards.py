@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmray.data.manifest import MANIFEST_FILE, AudioSpec, FramesSpec, ShardFile, describe_shard
+from mmray.data.manifest import MANIFEST_FILE, AudioSpec, FramesSpec, Manifest, ShardFile, describe_shard
 from mmray.errors import UserError
 
 ROWS_PER_SHARD = 2048
@@ -56,6 +56,22 @@ def decode_frames(column, spec: FramesSpec) -> np.ndarray:
     pixels = batch.astype(np.float32) / 255.0
     pixels = (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(pixels.transpose(0, 1, 4, 2, 3))
+
+
+class Decode:
+    """Shard rows -> model-ready arrays. A callable class so Ray Data ships the specs once."""
+
+    def __init__(self, manifest: Manifest):
+        self.audio_spec = manifest.audio
+        self.frames_spec = manifest.frames
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            "audio": decode_audio(batch["audio"], self.audio_spec),
+            "frames": decode_frames(batch["frames"], self.frames_spec),
+            "label": batch["label"].astype(np.int64),
+            "index": batch["index"].astype(np.int64),
+        }
 
 
 def write_split(

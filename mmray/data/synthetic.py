@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from mmray.data.manifest import AudioSpec, FramesSpec, Manifest
+from mmray.data.registry import register
 from mmray.data.shards import encode_frames, staged_output, write_split
 
 NAME = "synthetic-av"
@@ -40,7 +42,7 @@ class SyntheticConfig:
     max_shift: int = 6  # pixels; a random per-frame translation of the visual pattern
     silent_fraction: float = 0.3  # clips whose audio is silent (near-zero): only vision can tell them
     corrupt_fraction: float = 0.05  # clips with one modality replaced by noise or another class's content
-    frame_encoding: str = "raw"
+    frame_encoding: Literal["raw", "jpeg"] = "raw"
     seed: int = 0
 
 
@@ -130,6 +132,7 @@ def generate_split(cfg: SyntheticConfig, split: str, n: int) -> dict[str, list |
     }
 
 
+@register(NAME, SyntheticConfig, generated=True)
 def prepare(out: str | Path, cfg: SyntheticConfig = SyntheticConfig(), force: bool = False) -> Manifest:
     out = Path(out)
     with staged_output(out, force=force) as staging:

@@ -21,19 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmray.errors import UserError
+from mmray.config import require  # noqa: F401  (methods import it from here, beside Method)
 from mmray.models import AVOutput
 
 if TYPE_CHECKING:
     from mmray.data.manifest import Manifest
-    from mmray.data.pipeline import Batch, RayDataSource
+    from mmray.data.source import Batch, DataSource
     from mmray.world import World
-
-
-def require(ok: bool, key: str, value, rule: str) -> None:
-    """Refuse a hyperparameter with a message naming it, e.g. `require(k >= 1, "k", k, "must be at least 1")`."""
-    if not ok:
-        raise UserError(f"{key}: {value!r} {rule}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,7 @@ class MethodContext:
     data_dir: str  # the prepared dataset folder, for methods that read per-sample metadata
     epochs: int
     world: "World"  # rank, size, collectives: methods that gather over workers use it
-    data: "RayDataSource"  # epoch hooks may sweep the training split (this worker's part)
+    data: "DataSource"  # epoch hooks may sweep the training split (this worker's part)
     feature_dims: tuple[int, int]  # (D_a, D_v) of the encoders' features, for heads a method adds
     seed: int  # the run's seed, for randomness a method must draw identically on every worker
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmray.data.manifest import Manifest
-from mmray.data.pipeline import RayDataSource
+from mmray.data.source import DataSource
 from mmray.methods import Method, MethodContext, get_method
 from mmray.models import build_model
 from mmray.train.config import TrainConfig
@@ -45,7 +45,7 @@ class Network(nn.Module):
         return out, extras
 
 
-def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data, world: World) -> tuple[Method, Network]:
+def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data: DataSource, world: World) -> tuple[Method, Network]:
     """The method and the network it trains, on CPU; identical on every worker and every rerun."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.fusion, manifest, cfg.width)
@@ -93,7 +93,7 @@ def evaluate(network: nn.Module, method: Method, batches, num_classes: int, pref
     return metrics
 
 
-def train(cfg: TrainConfig, manifest: Manifest, data: RayDataSource, report: Report,
+def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report,
           world: World, resume_state: dict | None = None, init_network: dict | None = None) -> dict[str, float]:
     """Train `cfg.epochs` epochs and return the last metrics.
 

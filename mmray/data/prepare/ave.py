@@ -8,9 +8,11 @@ annotated event window with --event-window.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmray.data.prepare.plan import Clip, Plan, read_text
+from mmray.data.prepare.preset import RawOptions, preset
 from mmray.errors import UserError
 
 NAME = "ave"
@@ -31,9 +33,15 @@ def _entries(path: Path) -> list[list[str]]:
     return rows
 
 
-def plan(root: Path, args, class_names: list[str] | None) -> Plan:
+@dataclass(frozen=True)
+class AveOptions(RawOptions):
+    event_window: bool = False  # audio of the annotated event only, not of the whole clip
+
+
+@preset(NAME, AveOptions, DEFAULTS)
+def plan(root: Path, options: AveOptions, class_names: list[str] | None) -> Plan:
     video_dir = root / "AVE" if (root / "AVE").is_dir() else root
-    lists = {split: Path(args.__dict__.get(f"{split}_list") or root / name) for split, name in LISTS.items()}
+    lists = {split: Path(getattr(options, f"{split}_list") or root / name) for split, name in LISTS.items()}
     for path in lists.values():
         if not path.is_file():
             raise UserError(f"{path}: no such split list (AVE ships trainSet.txt, valSet.txt, testSet.txt)")
@@ -56,7 +64,7 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
             elif not video.is_file():
                 out.skip(video_id, split, f"missing file {video}")
             else:
-                window = (float(start), float(end)) if args.event_window else (None, None)
+                window = (float(start), float(end)) if options.event_window else (None, None)
                 out.clips.append(Clip(video_id, class_names.index(category), split, video=str(video),
                                       start=window[0], end=window[1]))
     if repeats:

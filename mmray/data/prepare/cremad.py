@@ -7,9 +7,12 @@ of the actors, so no actor is in both); validation is always carved from train.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mmray.data.prepare.plan import Clip, Plan, carve_validation, read_rows, stratified_test_split
+from mmray.data.prepare.preset import RawOptions, preset
 from mmray.errors import UserError
 
 NAME = "cremad"
@@ -17,18 +20,25 @@ CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # the class order of the O
 DEFAULTS = dict(recipe=dict(kind="stft", sample_rate=22050, seconds=3.0, n_fft=512, hop=353), frames=3, fps=1.0)
 
 
-def plan(root: Path, args, class_names: list[str] | None) -> Plan:
+@dataclass(frozen=True)
+class CremadOptions(RawOptions):
+    speaker_disjoint: bool = False  # without split lists: no actor in two splits
+    video_source: Literal["frames", "video"] | None = None  # None: the frame folders if present, else the videos
+
+
+@preset(NAME, CremadOptions, DEFAULTS)
+def plan(root: Path, options: CremadOptions, class_names: list[str] | None) -> Plan:
     audio_dir = root / "AudioWAV"
     if not audio_dir.is_dir():
         raise UserError(f"{audio_dir}: no such folder (CREMA-D's WAV files)")
     frames_root, video_dir = root / "Image-01-FPS", root / "VideoFlash"
-    source = args.video_source or ("frames" if frames_root.is_dir() else "video")
+    source = options.video_source or ("frames" if frames_root.is_dir() else "video")
     if not (frames_root if source == "frames" else video_dir).is_dir():
         raise UserError(f"{root}: neither Image-01-FPS/ (frame folders) nor VideoFlash/ (FLV videos) found")
     classes = class_names or CLASSES
     out = Plan(NAME, classes, [], splits={"video_source": source})
 
-    lists = {split: args.__dict__.get(f"{split}_list") or root / f"{split}.csv" for split in ("train", "test")}
+    lists = {split: getattr(options, f"{split}_list") or root / f"{split}.csv" for split in ("train", "test")}
     if all(Path(p).is_file() for p in lists.values()):
         listed = [(row[0], row[1] if len(row) > 1 else "", split) for split in ("train", "test")
                   for row in read_rows(Path(lists[split]))]
@@ -45,12 +55,12 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
         else:
             _add(out, name, classes.index(label), split, audio_dir, frames_root, video_dir, source)
     if "test" not in out.splits:
-        speaker = (lambda c: c.sample_id.split("_")[0]) if args.speaker_disjoint else None
-        out.clips = stratified_test_split(out.clips, args.test_fraction, args.seed, group=speaker)
+        speaker = (lambda c: c.sample_id.split("_")[0]) if options.speaker_disjoint else None
+        out.clips = stratified_test_split(out.clips, options.test_fraction, options.seed, group=speaker)
         out.splits["test"] = (f"seeded {'speaker-disjoint' if speaker else 'stratified'} "
-                              f"{args.test_fraction:g} of all clips (no split lists found)")
-    out.clips = carve_validation(out.clips, args.val_fraction, args.seed)
-    out.splits["val"] = f"stratified seeded {args.val_fraction:g} of train (seed {args.seed})"
+                              f"{options.test_fraction:g} of all clips (no split lists found)")
+    out.clips = carve_validation(out.clips, options.val_fraction, options.seed)
+    out.splits["val"] = f"stratified seeded {options.val_fraction:g} of train (seed {options.seed})"
     return out
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmray.data.prepare.plan import Clip, Plan, carve_validation, read_text, stratified_test_split
+from mmray.data.prepare.preset import RawOptions, preset
 from mmray.errors import UserError
 
 NAME = "manifest"
@@ -18,7 +20,13 @@ DEFAULTS = dict(recipe=dict(kind="fbank", sample_rate=16000, mel_bins=128, frame
 REQUIRED = ("sample_id", "label", "split", "audio_path")
 
 
-def plan(root: Path, args, class_names: list[str] | None) -> Plan:
+@dataclass(frozen=True)
+class ManifestOptions(RawOptions):
+    name: str | None = None  # the dataset's name; None: the CSV file's
+
+
+@preset(NAME, ManifestOptions, DEFAULTS)
+def plan(root: Path, options: ManifestOptions, class_names: list[str] | None) -> Plan:
     path = root / "manifest.csv" if root.is_dir() else root
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     columns = [c.strip() for c in reader.fieldnames or []]
@@ -34,7 +42,7 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
             raise UserError(f"{path}:{number}: empty sample_id")
     if class_names is None:
         class_names = sorted({row["label"] for row in rows})
-    out = Plan(args.name or path.stem, class_names, [], splits={"source": str(path)})
+    out = Plan(options.name or path.stem, class_names, [], splits={"source": str(path)})
     base = path.parent
     for row in rows:
         sample_id, split = row["sample_id"], row["split"]
@@ -55,11 +63,11 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
                                   audio=_str(files.get("audio_path")), video=_str(files.get("video_path")),
                                   frames_dir=_str(files.get("frames_dir"))))
     if not any(c.split == "test" for c in out.clips):
-        out.clips = stratified_test_split(out.clips, args.test_fraction, args.seed)
-        out.splits["test"] = f"stratified seeded {args.test_fraction:g} of all clips"
+        out.clips = stratified_test_split(out.clips, options.test_fraction, options.seed)
+        out.splits["test"] = f"stratified seeded {options.test_fraction:g} of all clips"
     if not any(c.split == "val" for c in out.clips):
-        out.clips = carve_validation(out.clips, args.val_fraction, args.seed)
-        out.splits["val"] = f"stratified seeded {args.val_fraction:g} of train (seed {args.seed})"
+        out.clips = carve_validation(out.clips, options.val_fraction, options.seed)
+        out.splits["val"] = f"stratified seeded {options.val_fraction:g} of train (seed {options.seed})"
     return out
 
 

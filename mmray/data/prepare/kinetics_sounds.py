@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmray.data.prepare.plan import Clip, Plan, carve_validation, read_rows
+from mmray.data.prepare.preset import RawOptions, preset
 from mmray.errors import UserError
 
 NAME = "kinetics-sounds"
@@ -18,8 +19,8 @@ DEFAULTS = dict(recipe=dict(kind="fbank", sample_rate=16000, mel_bins=128, frame
 LIST_NAMES = {split: (f"{split}.csv", f"{split}.txt", f"my_{split}.txt") for split in ("train", "val", "test")}
 
 
-def _find_list(root: Path, args, split: str) -> Path | None:
-    given = args.__dict__.get(f"{split}_list")
+def _find_list(root: Path, options: RawOptions, split: str) -> Path | None:
+    given = getattr(options, f"{split}_list")
     if given:
         return Path(given)
     return next((root / n for n in LIST_NAMES[split] if (root / n).is_file()), None)
@@ -43,8 +44,9 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def plan(root: Path, args, class_names: list[str] | None) -> Plan:
-    lists = {split: _find_list(root, args, split) for split in ("train", "val", "test")}
+@preset(NAME, RawOptions, DEFAULTS)  # no options of its own
+def plan(root: Path, options: RawOptions, class_names: list[str] | None) -> Plan:
+    lists = {split: _find_list(root, options, split) for split in ("train", "val", "test")}
     for split in ("train", "test"):
         if lists[split] is None or not lists[split].is_file():
             raise UserError(f"{root}: no {split} list ({', '.join(LIST_NAMES[split])}, or --{split}-list FILE)")
@@ -69,6 +71,6 @@ def plan(root: Path, args, class_names: list[str] | None) -> Plan:
             else:
                 out.clips.append(Clip(clip_id, class_names.index(label), split, video=str(videos[clip_id])))
     if "val" not in rows:
-        out.clips = carve_validation(out.clips, args.val_fraction, args.seed)
-        out.splits["val"] = f"stratified seeded {args.val_fraction:g} of train (seed {args.seed})"
+        out.clips = carve_validation(out.clips, options.val_fraction, options.seed)
+        out.splits["val"] = f"stratified seeded {options.val_fraction:g} of train (seed {options.seed})"
     return out

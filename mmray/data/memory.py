@@ -1,4 +1,5 @@
-"""The reference the benchmarks compare Ray against: a split decoded once into in-memory tensors."""
+"""A data source over tensors in memory (no Ray): a split decoded once. Tests use it, and the
+benchmarks compare Ray Data against it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pyarrow.parquet as pq
 import torch
 
 from mmray.data.manifest import Manifest
-from mmray.data.pipeline import Batch, Decode
+from mmray.data.shards import Decode
+from mmray.data.source import Batch
 
 
 def load_split(root: str | Path, manifest: Manifest, split: str) -> dict[str, torch.Tensor]:
@@ -23,7 +25,7 @@ def load_split(root: str | Path, manifest: Manifest, split: str) -> dict[str, to
 
 
 class InMemoryDataSource:
-    """The training loop's data-source interface over tensors in memory (no Ray)."""
+    """A `DataSource` (mmray/data/source.py) over the splits' decoded tensors."""
 
     def __init__(self, root: str | Path, manifest: Manifest, batch_size: int, seed: int, splits=("train", "val")):
         self.tensors = {split: load_split(root, manifest, split) for split in splits}
