@@ -2,7 +2,7 @@
 
 A preset reads its dataset's layout and split files into a plan (mmray/data/prepare/plan.py);
 the shard writer (writer.py) decodes every clip in parallel Ray tasks, skips and names bad
-clips, and writes the Parquet shards and manifest that training streams (datasets.md).
+clips, and writes the Parquet shards and manifest that training streams (docs/datasets.md).
 This module holds only the command-line options, so `mmray --help` stays fast.
 """
 
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cremad: Image-01-FPS frame folders or VideoFlash videos (default: frames if present)")
     g.add_argument("--event-window", action="store_true", help="ave: audio of the annotated event only")
     g.add_argument("--name", help="manifest: the dataset name (default: the CSV file's name)")
-    a = p.add_argument_group("audio recipe (datasets.md)")
+    a = p.add_argument_group("audio recipe (docs/datasets.md)")
     a.add_argument("--audio-recipe", dest="kind", choices=["stft", "fbank"])
     a.add_argument("--sample-rate", type=int)
     a.add_argument("--audio-seconds", dest="seconds", type=float, help="stft: seconds analysed (tiled if shorter)")
