@@ -1,4 +1,4 @@
-"""Raw-dataset fixtures in the real layouts of datasets.md: real WAV files (stdlib `wave`), real
+"""Raw-dataset fixtures in the real layouts of docs/datasets.md: real WAV files (stdlib `wave`), real
 JPEG frame folders, real MP4 (MPEG-4 + AAC) and FLV (FLV1 + MP3) videos with an audio track
 (PyAV), and split files in their real formats (CREMA-D's lists with a UTF-8 BOM and CRLF).
 

@@ -1,4 +1,4 @@
-"""`decision`: adaptive weight allocation at the decision layer (Ma & Chen, 2025; methods.md, "decision").
+"""`decision`: adaptive weight allocation at the decision layer (Ma & Chen, 2025; docs/methods.md, "decision").
 
 The paper finds that the fused decision leans on the dominant modality through the decision layer
 itself (larger weight and feature norms). Here a small gate sets per-sample weights

@@ -1,4 +1,4 @@
-"""Decision-layer diagnostics that any method's trained model can be put through (methods.md, "decision").
+"""Decision-layer diagnostics that any method's trained model can be put through (docs/methods.md, "decision").
 
 For a split, from the logits the method itself predicts with (`method.predict`: fused, audio, visual)
 and the encoders' features:

@@ -1,4 +1,4 @@
-"""Calibration at the decision layer (methods.md, "decision"): a step after training, for any method.
+"""Calibration at the decision layer (docs/methods.md, "decision"): a step after training, for any method.
 
 On the frozen per-modality logits z_a, z_v that the method predicts with, fit on validation only:
 - `scalar`: z = w_a z_a + w_v z_v + b (two weights, one bias per class), minimising the NLL;

@@ -3,7 +3,7 @@
 A preset (cremad.py, ...) reads its dataset's layout and split files into a plan (plan.py), given
 its typed options (preset.py); the shard writer (writer.py) decodes every clip in parallel Ray
 tasks, skips and names bad clips, and writes the Parquet shards and manifest that training
-streams (datasets.md). Each preset is an entry of the dataset registry (mmray/data/registry.py).
+streams (docs/datasets.md). Each preset is an entry of the dataset registry (mmray/data/registry.py).
 This module holds only the command-line flags, so `mmray --help` stays fast; each flag sets the
 option of the same name (mmray/data/prepare/preset.py), whose defaults the flags leave alone.
 """
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cremad: Image-01-FPS frame folders or VideoFlash videos (default: frames if present)")
     g.add_argument("--event-window", action="store_true", help="ave: audio of the annotated event only")
     g.add_argument("--name", help="manifest: the dataset name (default: the CSV file's name)")
-    a = p.add_argument_group("audio recipe (datasets.md)")
+    a = p.add_argument_group("audio recipe (docs/datasets.md)")
     a.add_argument("--audio-recipe", choices=["stft", "fbank"])
     a.add_argument("--sample-rate", type=int)
     a.add_argument("--audio-seconds", type=float, help="stft: seconds analysed (tiled if shorter)")

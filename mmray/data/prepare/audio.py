@@ -1,6 +1,6 @@
 """Audio: decoding any file (WAV, or the audio track of a video) and the spectrogram recipes.
 
-The recipes are the ones in datasets.md, computed with torchaudio:
+The recipes are the ones in docs/datasets.md, computed with torchaudio:
 - `stft`: resample, take the first `seconds` (tiled if shorter), clip to [-1, 1], magnitude STFT
   (Hann window, centred), log(|X| + 1e-7), optionally z-scored per clip. CREMA-D: 22,050 Hz, 3 s,
   n_fft 512, hop 353 -> 257 x 188. AVE: 16 kHz, 10 s, hop 160 -> 257 x 1001, z-scored.
