@@ -39,7 +39,7 @@ class RawOptions:
     test_list: str | None = None
     val_fraction: float = 0.1  # carved from train where the dataset has no validation split
     test_fraction: float = 0.1  # where no list gives a test split
-    # The audio recipe (datasets.md); None keeps the preset's.
+    # The audio recipe (docs/datasets.md); None keeps the preset's.
     audio_recipe: Literal["stft", "fbank"] | None = None
     sample_rate: int | None = None
     audio_seconds: float | None = None
