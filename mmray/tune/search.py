@@ -135,7 +135,7 @@ def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: flo
 
 def trial_settings(space: SearchSpace, options: RunOptions) -> TrialSettings:
     return TrialSettings(resources=space.resources, storage_path=f"{options.experiment_uri}/train",
-                         metric=space.metric, mode=space.mode)
+                         metric=space.metric, mode=space.mode, worker_retries=space.retries.workers)
 
 
 def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict):
@@ -182,6 +182,8 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, setti
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
             name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1,
+            # A trial whose process dies restarts from its last checkpoint, as the same trial (and Optuna trial).
+            failure_config=tune.FailureConfig(max_failures=space.retries.trials),
             # Best checkpoint on the search metric, plus the latest one for resuming.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),

@@ -11,6 +11,7 @@ the scheduler, each trial's resources, the fixed settings and the searched ones:
     max_concurrent: 1
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+    retries: {trials: 2, workers: 2}   # a failed trial / Train run restarts from its last checkpoint
     fixed: {epochs: 6, batch_size: 64}
     params:
       lr: {type: log-float, low: 3.0e-4, high: 3.0e-3}
@@ -98,6 +99,14 @@ class Confirm:
 
 
 @dataclass(frozen=True)
+class Retries:
+    """How often a failed trial (its process killed, out of memory) restarts from its last checkpoint, and,
+    in a trial of several workers, how often its Train run restarts when a worker dies."""
+    trials: int = 2
+    workers: int = 2
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     source: Path
     name: str
@@ -114,6 +123,7 @@ class SearchSpace:
     data_dir: str | None = None
     seed: int = 0
     confirm: Confirm = Confirm()
+    retries: Retries = Retries()
 
     @property
     def epochs(self) -> int:
@@ -166,7 +176,7 @@ def load_space(name: str) -> SearchSpace:
 
 
 TOP_LEVEL = ("name", "method", "dataset", "data_dir", "metric", "mode", "num_samples", "max_concurrent",
-             "seed", "scheduler", "resources", "confirm", "fixed", "params")
+             "seed", "scheduler", "resources", "retries", "confirm", "fixed", "params")
 REQUIRED = ("method", "dataset", "metric", "mode")
 
 
@@ -199,6 +209,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         scheduler=build(Scheduler, raw.get("scheduler") or {}, f"{where}: scheduler"),
         resources=build(WorkerResources, raw.get("resources") or {}, f"{where}: resources"),
         confirm=build(Confirm, raw.get("confirm") or {}, f"{where}: confirm"),
+        retries=build(Retries, raw.get("retries") or {}, f"{where}: retries"),
         fixed=_parse_fixed(raw.get("fixed") or {}, method, where),
         params=(),
     )
@@ -318,6 +329,9 @@ def _check_space(space: SearchSpace, where: str) -> None:
     if c.top_k < 0 or c.seeds < 1:
         raise UserError(f"{where}: confirm needs top_k >= 0 (0: no confirmation) and seeds >= 1, "
                         f"got top_k {c.top_k}, seeds {c.seeds}")
+    for key in ("trials", "workers"):
+        if getattr(space.retries, key) < 0:
+            raise UserError(f"{where}: retries.{key} must be at least 0, got {getattr(space.retries, key)}")
     s = space.scheduler
     if s.type == "asha" and not (1 <= s.grace_period <= space.epochs):
         raise UserError(f"{where}: scheduler.grace_period {s.grace_period} must be between 1 and epochs ({space.epochs})")
