@@ -23,25 +23,29 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="~/mmray_results",
                    help="with a URI --storage: local folder for the study, summaries and selected checkpoint, "
                         "copied to the bucket at the end (default: %(default)s)")
-    p.add_argument("--name", help="experiment name (default: the space's name)")
+    p.add_argument("--name", help="experiment name (default: the space's name and the time, e.g. gmm-20261203-104512; "
+                   "with --resume, the latest such experiment in --storage)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
     p.add_argument("--confirm-top-k", type=int, help="retrain the K best configurations with further seeds (0: off)")
     p.add_argument("--confirm-seeds", type=int, help="how many further seeds each confirmed configuration gets")
     p.add_argument("--address", help="connect to a running Ray cluster (auto, or host:port)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --storage/--name")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted experiment --storage/--name (without --name: the space's latest)")
 
 
 def cmd_tune(args) -> int:
     from mmray.tune.search import run_search
-    from mmray.tune.storage import RunOptions, parse_storage
+    from mmray.tune.storage import RunOptions, fresh_name, latest_name, parse_storage
     from mmray.tune.space import load_space
 
     space = load_space(args.space).with_overrides(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, epochs=args.epochs,
         dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
         confirm_top_k=args.confirm_top_k, confirm_seeds=args.confirm_seeds)
-    options = RunOptions(storage=parse_storage(args.storage), name=args.name or space.name,
-                         address=args.address, resume=args.resume, workdir=Path(args.workdir).expanduser().resolve())
+    storage = parse_storage(args.storage)
+    name = args.name or (latest_name(storage, space.name) if args.resume else fresh_name(space.name))
+    options = RunOptions(storage=storage, name=name, address=args.address, resume=args.resume,
+                         workdir=Path(args.workdir).expanduser().resolve())
     run_search(space, options)
     return 0
 

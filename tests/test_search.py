@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -143,17 +144,24 @@ def test_resume_after_kill_finishes_without_rerunning(no_ray, short_tmp, tiny_sy
                         fixed={**SPACE["fixed"], "epochs": epochs})
     if bucket:
         storage = ["--storage", f"file://{tmp_path / 'bucket'}", "--workdir", str(tmp_path / "work")]
-        trials, driver = tmp_path / "bucket" / "resumable", tmp_path / "work" / "resumable"
+        trials_root, driver_root = tmp_path / "bucket", tmp_path / "work"
     else:
         storage = ["--storage", str(tmp_path / "res")]
-        trials = driver = tmp_path / "res" / "resumable"
+        trials_root = driver_root = tmp_path / "res"
+    # No --name: the run gets a fresh one (resumable-<date>-<time>), and --resume finds it again.
     command = [sys.executable, "-m", "mmray.tune", "--space", str(space), "--data-dir", str(tiny_synthetic), *storage]
     env = {**os.environ, "RAY_TMPDIR": str(short_tmp)}
     with open(tmp_path / "first-run.log", "w") as log:
         run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
-    while not _completed_trials(trials, epochs) and time.time() < deadline and run.poll() is None:
+    trials = None
+    while time.time() < deadline and run.poll() is None:
+        trials = next(trials_root.glob("resumable-*"), None)
+        if trials is not None and _completed_trials(trials, epochs):
+            break
         time.sleep(0.2)
+    assert trials is not None and re.fullmatch(r"resumable-\d{8}-\d{6}", trials.name), trials
+    driver = driver_root / trials.name
     assert run.poll() is None, "the search ended before it could be killed: " + (tmp_path / "first-run.log").read_text()[-3000:]
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
