@@ -69,7 +69,7 @@ def _setup(case: str, d: Path) -> tuple[list[str], Path]:
     if case == "existing experiment":
         (d / "res" / "joint").mkdir(parents=True)
         (d / "res" / "joint" / "keep.txt").write_text("earlier results")
-        return ["--space", str(_space(d, VALID, name="joint.yaml"))], d / "res" / "joint"
+        return ["--space", str(_space(d, VALID, name="joint.yaml")), "--name", "joint"], d / "res" / "joint"
     raise ValueError(case)
 
 

@@ -100,12 +100,12 @@ def test_a_folder_tune_never_saved_is_started_afresh_unless_it_holds_results(sma
         _, fresh = prepare_run(space, replace(options, resume=resume))
         assert not fresh.resume and not (exp / STUDY_FILE).exists()
     content = _study_with_a_finished_trial(exp / STUDY_FILE)
-    with pytest.raises(UserError, match=f"{exp}: holds trials but no Tune state"):
+    with pytest.raises(UserError, match=f"{exp}: experiment already exists but Tune never saved it"):
         prepare_run(space, replace(options, resume=True))
     assert (exp / STUDY_FILE).read_bytes() == content
     (exp / STUDY_FILE).unlink()
     (exp / "trial_abc").mkdir()
-    with pytest.raises(UserError, match="holds trials"):
+    with pytest.raises(UserError, match="Tune never saved it"):
         prepare_run(space, options)
     assert (exp / "trial_abc").is_dir()
 

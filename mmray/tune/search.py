@@ -88,20 +88,20 @@ def tune_state_saved(options: RunOptions) -> bool:
 
 
 def discard_unstarted(options: RunOptions) -> None:
-    """Remove the study of an experiment that Tune never saved, once sure it holds no result: no trial
-    folder, no trial that finished in the study. Anything else is refused, never deleted."""
+    """Remove the study of an experiment that Tune never saved, once sure it holds no result: nothing but
+    the study and Tune's tuner.pkl, and no finished trial in the study. Anything else is refused, never deleted."""
     import optuna
 
     study = options.experiment_dir / STUDY_FILE
-    kept = [n for n in list_folder(options.experiment_uri) if n.startswith(("trial_", "confirm"))]
+    names = set(list_folder(options.experiment_uri)) | set(list_folder(options.experiment_dir))
     finished = []
     if study.is_file():
         url = f"sqlite:///{study}"
         finished = [t for name in optuna.get_all_study_names(url)
                     for t in optuna.load_study(study_name=name, storage=url).trials if t.state.is_finished()]
-    if kept or finished:
-        raise UserError(f"{options.experiment_uri}: holds trials but no Tune state to resume them from; "
-                        "pass --name for a new experiment")
+    if names - {STUDY_FILE, "tuner.pkl"} or finished:
+        raise UserError(f"{options.experiment_uri}: experiment already exists but Tune never saved it (nothing "
+                        "for --resume to continue) and it holds files; pass --name for a new one")
     study.unlink(missing_ok=True)
 
 
