@@ -37,12 +37,15 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     table = res.summarize(results, space)
     res.write_summary(table, exp)
     best_result, _ = res.best_trial(results, table, space)
-    config, runs = best_result.config, [(space.seed, best_result)]
+    groups = [(best_result.config, [(space.seed, best_result)])]
     if space.confirm.top_k:  # replaced by the configuration with the best mean over further seeds
         configs = top_configs(results, table, space, space.confirm.top_k)
-        config, runs = confirm(space, options, configs, settings, concurrency, datasets)[0]
+        groups = confirm(space, options, configs, settings, concurrency, datasets)
+    config, runs = groups[0]
     seeds = [evaluate_run(seed, result, space, options) for seed, result in runs]
     best = res.best_record(config, seeds, space, options.experiment_uri, f"sqlite:///{exp / STUDY_FILE}")
+    if space.confirm.top_k:
+        best["confirmation"] = res.confirmation_record(groups, space)
     diagnose_checkpoint(best["checkpoint"])  # the chosen model's decision-layer diagnostics, written beside it
     res.write_best(best, exp)
     upload_experiment(options)
