@@ -17,14 +17,11 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from networks import method_and_network
 
-from mmray.data.manifest import load_manifest
-from mmray.data.memory import InMemoryDataSource
 from mmray.errors import UserError
-from mmray.train.config import TrainConfig
-from mmray.train.loop import build_method_and_network
-from mmray.world import World
 from mmray.train.checkpoint import BEST_JSON
+from mmray.train.config import TrainConfig
 from mmray.tune.results import SUMMARY_CSV, SUMMARY_JSON
 from mmray.tune.search import STUDY_FILE, run_search
 from mmray.tune.space import load_space
@@ -91,10 +88,7 @@ def test_two_worker_ddp_trial_of_gmm_fits_as_one_worker(ray_local, tiny_syntheti
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
 
     # The same refit in one process, on the same initial model state.
-    cfg = TrainConfig.from_flat(best["config"])
-    manifest = load_manifest(tiny_synthetic)
-    data = InMemoryDataSource(tiny_synthetic, manifest, cfg.batch_size, cfg.seed)
-    method, network = build_method_and_network(cfg, manifest, data, World.current())
+    method, network = method_and_network(TrainConfig.from_flat(best["config"]))
     single = method.refit(network)
     first_epoch = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()][0]
     for key, value in single.items():
