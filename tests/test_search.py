@@ -214,3 +214,14 @@ def test_study_stores_the_selected_value_failed_and_pruned_trials_and_seeds_conf
     assert best["test"]["test/fused_acc"] == pytest.approx(sum(tests) / 2)
     assert json.loads((exp / BEST_JSON).read_text())["seeds"] == json.loads(json.dumps(best["seeds"]))
     assert len(list((exp / "confirm").glob("confirm_*"))) == 4
+
+
+def test_non_finite_values_never_rank_best():
+    from mmray.tune.results import best_index
+
+    nan, inf = float("nan"), float("inf")
+    values, epochs = pd.Series([0.5, 0.8, nan]), pd.Series([1, 2, 3])
+    assert best_index(values, epochs, "max") == 1
+    assert best_index(values, epochs, "min") == 0
+    assert best_index(pd.Series([0.5, inf]), pd.Series([1, 2]), "max") == 0
+    assert best_index(pd.Series([nan, nan]), pd.Series([1, 2]), "max") is None

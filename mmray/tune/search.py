@@ -141,7 +141,9 @@ def trial_settings(space: SearchSpace, options: RunOptions) -> TrialSettings:
                          metric=space.metric, mode=space.mode)
 
 
-def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict):
+def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict,
+                stop=None):
+    """The search's Tuner; `stop` (a Tune stopper) may end it early, e.g. at an epoch budget (bench search-quality)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -184,7 +186,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, setti
                                     max_concurrent_trials=concurrency, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
-            name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1,
+            name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1, stop=stop,
             # Best checkpoint on the search metric, plus the latest one for resuming.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
