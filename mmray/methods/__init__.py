@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmray.errors import UserError
-from mmray.methods.base import Method, MethodContext, NoParams
+from mmray.methods.base import Method, MethodContext, NoParams, TrainStep
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -25,4 +25,4 @@ from mmray.methods import ogm as _ogm  # noqa: E402,F401
 from mmray.methods import decision as _decision  # noqa: E402,F401
 from mmray.methods import aug as _aug  # noqa: E402,F401
 
-__all__ = ["METHODS", "Method", "MethodContext", "NoParams", "get_method", "register_method"]
+__all__ = ["METHODS", "Method", "MethodContext", "NoParams", "TrainStep", "get_method", "register_method"]
