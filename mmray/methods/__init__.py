@@ -25,5 +25,6 @@ from mmray.methods import ogm as _ogm  # noqa: E402,F401
 from mmray.methods import decision as _decision  # noqa: E402,F401
 from mmray.methods import aug as _aug  # noqa: E402,F401
 from mmray.methods import late_fusion as _late_fusion  # noqa: E402,F401
+from mmray.methods import mmpareto as _mmpareto  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "MethodContext", "NoParams", "TrainStep", "get_method", "register_method"]
