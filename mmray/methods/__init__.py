@@ -27,5 +27,6 @@ from mmray.methods import aug as _aug  # noqa: E402,F401
 from mmray.methods import late_fusion as _late_fusion  # noqa: E402,F401
 from mmray.methods import mmpareto as _mmpareto  # noqa: E402,F401
 from mmray.methods import mla as _mla  # noqa: E402,F401
+from mmray.methods import reconboost as _reconboost  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "MethodContext", "NoParams", "TrainStep", "get_method", "register_method"]
