@@ -158,6 +158,24 @@ BAD_SPACES = {
         _with({"params.momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
                "params.optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}),
         ["params.momentum.when.optimizer"]),
+    # Every bound and every choice is checked, not only `low` and the first choice.
+    "NaN bound": (_with({"params.lr.high": float("nan")}), ["params.lr.high", "nan"]),
+    "inf bound": (_with({"params.lr.high": float("inf")}), ["params.lr.high", "inf"]),
+    "negative weight decay at low": (_with({"params.weight_decay": {"type": "float", "low": -0.1, "high": 0.1}}),
+                                     ["weight_decay", "-0.1"]),
+    "unknown model as a second choice": (_with({"params.model": {"type": "categorical",
+                                                                 "choices": ["small-cnn", "no-such-net"]}}),
+                                         ["params.model", "no-such-net"]),
+    "huge width as the high bound": (_with({"params.width.high": 100000}), ["params.width", "100000", "1024"]),
+    "momentum of 1 as the high bound": (_with({"params.momentum": {"type": "float", "low": 0.5, "high": 1.5}}),
+                                        ["params.momentum", "1.5"]),
+    "NaN cpus per worker": (_with({"resources": {"cpus_per_worker": float("nan")}}),
+                            ["resources.cpus_per_worker", "nan"]),
+    "NaN fixed setting": (_with({"fixed.weight_decay": float("nan")}), ["fixed.weight_decay", "nan"]),
+    "negative seed": (_with({"seed": -1}), ["seed", "-1"]),
+    "seed above 2**32 - 1": (_with({"seed": 2**32}), ["seed", str(2**32)]),
+    "confirmation seeds above 2**32 - 1": (_with({"seed": 2**32 - 2, "confirm": {"top_k": 1, "seeds": 3}}),
+                                           ["seed", str(2**32 + 1)]),
 }
 
 
