@@ -70,12 +70,29 @@ def _setup(case: str, d: Path) -> tuple[list[str], Path]:
         (d / "res" / "joint").mkdir(parents=True)
         (d / "res" / "joint" / "keep.txt").write_text("earlier results")
         return ["--space", str(_space(d, VALID, name="joint.yaml"))], d / "res" / "joint"
+    if case == "name leading out of the storage":
+        return ["--space", str(_space(d, VALID)), "--name", "../escaped"], Path("../escaped")
+    if case == "absolute name":
+        return ["--space", str(_space(d, VALID)), "--name", str(d / "elsewhere")], d / "elsewhere"
+    if case == "space name leading out of the storage":
+        return ["--space", str(_space(d, {**VALID, "name": "../escaped"}))], Path("../escaped")
+    if case == "storage is a file":
+        (d / "file").write_text("not a folder")
+        return ["--space", str(_space(d, VALID)), "--storage", str(d / "file")], d / "file"
+    if case == "storage under a file":
+        (d / "file").write_text("not a folder")
+        return ["--space", str(_space(d, VALID)), "--storage", str(d / "file" / "res")], d / "file"
+    if case == "NaN learning rate bound":
+        path = _space(d, {**VALID, "params": {"lr": {"type": "log-float", "low": 1.0e-4, "high": float("nan")}}})
+        return ["--space", str(path)], path
     raise ValueError(case)
 
 
 CASES = ["missing space file", "malformed YAML", "unknown method", "inverted range",
          "data dir without manifest", "data dir with a non-object manifest", "data dir missing",
-         "existing experiment"]
+         "existing experiment", "name leading out of the storage", "absolute name",
+         "space name leading out of the storage", "storage is a file", "storage under a file",
+         "NaN learning rate bound"]
 OWN_PROCESS = ["malformed YAML", "existing experiment"]  # also run as their own `python -m mmray.tune`
 
 # Runs each case through the real `python -m mmray.tune` entry module, one after another, in one process.
@@ -116,7 +133,8 @@ def _env(cache: Path) -> dict:
 def _make_case(tmp_path_factory, name: str) -> Case:
     d = tmp_path_factory.mktemp(name.replace(" ", "_"))
     args, named = _setup(name, d)
-    return Case(args=[*args, "--storage", str(d / "res")], named=named, storage=d / "res", cache=d / "cache")
+    storage = [] if "--storage" in args else ["--storage", str(d / "res")]
+    return Case(args=[*args, *storage], named=named, storage=d / "res", cache=d / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +196,18 @@ def test_bad_input_starts_no_ray_and_writes_nothing(results, key):
         assert (case.storage / "joint" / "keep.txt").read_text() == "earlier results"
     else:
         assert not case.storage.exists(), _files(case.storage)
+    assert not (case.storage.parent / "escaped").exists() and not (case.storage.parent / "elsewhere").exists()
+    if name.startswith("storage"):
+        assert (case.storage.parent / "file").read_text() == "not a folder"
 
 
 @pytest.mark.parametrize("name, words", [
     ("missing space file", "no such search space file"), ("malformed YAML", "malformed YAML"),
     ("unknown method", "no-such-method"), ("inverted range", "params.lr"), ("data dir without manifest", "no manifest"),
     ("data dir with a non-object manifest", "manifest"), ("data dir missing", "does not exist"),
-    ("existing experiment", "--resume"),
+    ("existing experiment", "--resume"), ("name leading out of the storage", "--name"),
+    ("absolute name", "single folder name"), ("storage is a file", "not a folder"),
+    ("storage under a file", "is a file"), ("NaN learning rate bound", "params.lr.high"),
 ])
 def test_error_line_says_what_is_wrong(results, name, words):
     assert words in results[("shared", name)].stderr

@@ -273,3 +273,35 @@ def test_override_num_samples_zero_is_rejected(tmp_path):
     space = load_space(str(write_space(tmp_path, BASE)))
     with pytest.raises(UserError, match="num_samples"):
         space.with_overrides(num_samples=0)
+
+
+# --- where a search writes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".", "", "a/b", "/abs/olute"])
+def test_experiment_name_must_be_one_folder_inside_the_storage(tmp_path, name):
+    from mmray.tune.storage import RunOptions
+
+    with pytest.raises(UserError, match="--name"):
+        RunOptions(storage=tmp_path / "res", name=name)
+    assert not (tmp_path / "res").exists() and not (tmp_path / "x").exists()
+
+
+def test_storage_that_cannot_hold_experiments_is_refused(tmp_path):
+    import os
+
+    from mmray.tune.storage import RunOptions
+
+    (tmp_path / "file").write_text("data")
+    for storage, words in [(tmp_path / "file", "not a folder"), (tmp_path / "file" / "res", "is a file")]:
+        with pytest.raises(UserError, match=words) as info:
+            RunOptions(storage=storage, name="x")
+        assert str(storage) in str(info.value)
+    assert (tmp_path / "file").read_text() == "data"
+    if os.geteuid() != 0:  # root writes into a read-only (0555) folder, so only others can see the refusal
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(UserError, match="cannot write"):
+            RunOptions(storage=locked / "res", name="x")
+    RunOptions(storage=tmp_path / "new" / "res", name="x")  # a folder yet to be made is fine
+    assert not (tmp_path / "new").exists()
