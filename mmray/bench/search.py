@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.train.config import TrainConfig
     from mmray.train.loop import train
     from mmray.world import World
-    from mmray.tune.search import build_tuner, open_datasets, prepare_run, start_ray
+    from mmray.tune.search import build_tuner, open_datasets, prepare_run, start_ray, trial_settings
     from mmray.tune.space import load_space
     from mmray.tune.storage import RunOptions
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     start_ray(None)
     t1 = time.perf_counter()
-    results = build_tuner(space, options, 1, open_datasets(space)).fit()
+    results = build_tuner(space, options, 1, trial_settings(space, options), open_datasets(space)).fit()
     t2 = time.perf_counter()
     trials = [(r.config, len(r.metrics_dataframe)) for r in results if r.metrics_dataframe is not None]
     ray.shutdown()

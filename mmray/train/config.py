@@ -14,6 +14,7 @@ from typing import Any, Literal
 from mmray.config import build, field_types
 from mmray.errors import UserError
 from mmray.methods import get_method
+from mmray.models import BACKBONES
 
 # Keys of a flat config that are not training settings: the launcher's own.
 RUN_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
@@ -57,8 +58,6 @@ class TrainConfig:
                                 f"nor a hyperparameter of method {method_cls.name!r} ({', '.join(method_keys) or 'none'})")
         cfg = build(cls, {k: v for k, v in values.items() if k in general}, where)
         cfg.method_params = build(method_cls.Params, method_values, where)
-        from mmray.models import BACKBONES
-
         for name in ("epochs", "batch_size", "width", "shuffle_buffer"):
             if getattr(cfg, name) < 1:
                 raise UserError(f"{where}.{name}: {getattr(cfg, name)} must be at least 1")
