@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import tempfile
 from pathlib import Path
@@ -68,6 +69,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from mmray.config import parse_assignment
+    from mmray.data.registry import resolve_data_dir
     from mmray.train.config import TrainConfig
     from mmray.train.checkpoint import evaluate_checkpoint
     from mmray.train.launch import run_in_process, start_local_ray
@@ -77,6 +79,7 @@ def cmd_train(args) -> int:
     if args.epochs is not None:
         values["epochs"] = args.epochs
     cfg = TrainConfig.from_flat(values, where="command line")
+    resolve_data_dir(cfg.dataset, cfg.data_dir)  # a missing or bad data folder fails before Ray starts
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-train-"))
     start_local_ray(args.threads)
     _, best = run_in_process(cfg, out, threads=args.threads)
@@ -87,9 +90,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_purify(args) -> int:
+    from mmray.train.checkpoint import find_checkpoint
     from mmray.train.launch import start_local_ray
     from mmray.train.purify import purify
 
+    find_checkpoint(args.checkpoint)  # bad input fails before Ray starts
     start_local_ray(args.threads)
     summary = purify(args.checkpoint, threshold=args.threshold, epochs=args.epochs, lr_factor=args.lr_factor,
                      threads=args.threads)
@@ -217,6 +222,12 @@ def run_command(fn, args) -> int:
         return fn(args)
     except UserError as e:
         print(f"mmray: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full disk or a read-only or forbidden folder met while writing: the user's to fix, named in one line.
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"mmray: error: {e.filename or 'writing'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmray: interrupted", file=sys.stderr)

@@ -109,6 +109,8 @@ def _as_arrow(name: str, values) -> pa.Array:
 
 def check_output_folder(out: Path, force: bool) -> None:
     """Refuse to write a dataset over anything but nothing, an empty folder, or (with force) a dataset."""
+    if Path(out).expanduser().resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise UserError(f"{out}: is the current folder (or holds it); give a new folder for the dataset")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     if (out / MANIFEST_FILE).exists() and not force:

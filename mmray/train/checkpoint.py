@@ -58,7 +58,13 @@ def find_checkpoint(run: str | Path) -> Path:
     if (run / STATE_FILE).is_file():
         return run
     if (run / BEST_JSON).is_file():
-        return Path(json.loads((run / BEST_JSON).read_text())["checkpoint"])
+        try:
+            checkpoint = Path(json.loads((run / BEST_JSON).read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # truncated, not JSON, or no "checkpoint"
+            raise UserError(f"{run / BEST_JSON}: unreadable ({type(e).__name__}: {e})") from None
+        if not (checkpoint / STATE_FILE).is_file():
+            raise UserError(f"{run / BEST_JSON}: names {checkpoint}, which holds no {STATE_FILE}")
+        return checkpoint
     raise UserError(f"{run}: neither a checkpoint (no {STATE_FILE}) nor an experiment folder (no {BEST_JSON})")
 
 

@@ -34,7 +34,7 @@ from mmray.config import build, coerce
 from mmray.errors import UserError
 from mmray.methods import get_method
 from mmray.methods.base import require
-from mmray.train.config import TrainConfig, key_type
+from mmray.train.config import MAX_SEED, TrainConfig, key_type
 from mmray.train.resources import WorkerResources
 from mmray.train.metrics import metric_names
 
@@ -345,7 +345,16 @@ def _check_space(space: SearchSpace, where: str) -> None:
         raise UserError(f"{where}: scheduler.grace_period {s.grace_period} must be between 1 and epochs ({space.epochs})")
     if s.reduction_factor <= 1:
         raise UserError(f"{where}: scheduler.reduction_factor must be above 1, got {s.reduction_factor}")
+    last_seed = space.seed + (space.confirm.seeds if space.confirm.top_k else 0)
+    if not 0 <= space.seed <= last_seed <= MAX_SEED:
+        raise UserError(f"{where}: seed {space.seed} (and the confirmation's seeds up to {last_seed}) "
+                        f"must be in [0, {MAX_SEED}]")
+    # One full trial config per value a parameter can take at its edges (every bound, every choice),
+    # the others at their first: a bad second choice or a bad high bound fails here, not in a trial.
     example = space.constants()
     for p in space.params:
         example[p.name] = p.choices[0] if p.type == "categorical" else p.low
     TrainConfig.from_flat(example, where=f"{where}: settings")
+    for p in space.params:
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            TrainConfig.from_flat({**example, p.name: value}, where=f"{where}: params.{p.name} at {value!r}: settings")

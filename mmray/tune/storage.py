@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,13 @@ class RunOptions:
     address: str | None = None  # a running Ray cluster ("auto" or host:port); None starts a local one
     resume: bool = False
     workdir: Path = DEFAULT_WORKDIR  # with a URI storage: the local folder for the driver's own files
+
+    def __post_init__(self):
+        check_name(self.name)
+        if self.remote:
+            check_writable_folder(self.workdir, "--workdir")
+        else:
+            check_writable_folder(self.storage, "--storage")
 
     @property
     def remote(self) -> bool:
@@ -81,6 +89,27 @@ def list_folder(storage: Path | str) -> list[str]:
         return [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))]
     except (OSError, ValueError) as e:
         raise UserError(f"{storage}: {e}") from None
+
+
+def check_name(name: str) -> None:
+    """An experiment name is one folder inside the storage: never a path that leads out of it."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise UserError(f"--name {name!r}: an experiment name is a single folder name (no '/', not '.' or '..')")
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Refuse a folder that is a file, lies under a file, or cannot be written, before anything starts.
+    It need not exist yet: its nearest existing parent must then take a new file."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder}: exists and is not a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # the honest test (os.access says yes to root on a 555 folder)
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {folder}: cannot write in {existing} ({e.strerror})") from None
 
 
 def storage_exists(uri: str) -> bool:
