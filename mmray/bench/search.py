@@ -1,6 +1,7 @@
 """`mmray bench search`: what the search machinery costs over a plain PyTorch loop.
 
-Runs a small search on synthetic-av (one trial at a time, 1-worker trials), then trains the very
+Runs a search (by default the main job's: search_spaces/gmm.yaml, 8 trials of up to 8 epochs on
+synthetic-av, one trial at a time, 1-worker trials, ASHA), then trains the very
 same trial configurations, for the same number of epochs each, with the same loop and torch
 threads over tensors held in memory (no Ray, no Tune, no checkpoints). Prints both wall times
 and their ratio. Target: at most 1.10x for 1-worker trials.
@@ -18,9 +19,9 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmray bench search", description=__doc__)
-    parser.add_argument("--space", default="joint.yaml")
-    parser.add_argument("--num-samples", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--space", default="gmm.yaml")
+    parser.add_argument("--num-samples", type=int, help="default: the space's")
+    parser.add_argument("--epochs", type=int, help="default: the space's")
     parser.add_argument("--storage", help="experiment folder (default: a temp folder)")
     args = parser.parse_args(argv)
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.train.config import TrainConfig
     from mmray.train.loop import train
     from mmray.world import World
-    from mmray.tune.search import build_tuner, open_datasets, prepare_run, start_ray
+    from mmray.tune.search import build_tuner, open_datasets, prepare_run, start_ray, trial_settings
     from mmray.tune.space import load_space
     from mmray.tune.storage import RunOptions
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     start_ray(None)
     t1 = time.perf_counter()
-    results = build_tuner(space, options, 1, open_datasets(space)).fit()
+    results = build_tuner(space, options, 1, trial_settings(space, options), open_datasets(space)).fit()
     t2 = time.perf_counter()
     trials = [(r.config, len(r.metrics_dataframe)) for r in results if r.metrics_dataframe is not None]
     ray.shutdown()
