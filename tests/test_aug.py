@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from distributed import run_on_two_workers
+from networks import method_and_network
 
 from mmray.data.manifest import load_manifest
 from mmray.data.memory import InMemoryDataSource
 from mmray.errors import UserError
 from mmray.methods.aug import assign_head, boosting_loss, fit_alpha
 from mmray.train.config import TrainConfig
-from mmray.train.loop import build_method_and_network, build_optimizer, train
+from mmray.train.loop import build_optimizer, train
 from mmray.world import World
 
 
@@ -78,10 +79,9 @@ def test_params_are_validated_by_key(tiny_synthetic):
 
 
 def test_head_switched_on_mid_training_is_trained_by_the_next_step(tiny_synthetic):
-    manifest = load_manifest(tiny_synthetic)
     cfg = _config(tiny_synthetic, tau=0.0, alpha=0.5)
-    data = InMemoryDataSource(tiny_synthetic, manifest, cfg.batch_size, cfg.seed)
-    method, network = build_method_and_network(cfg, manifest, data, World.current())
+    data = InMemoryDataSource(tiny_synthetic, load_manifest(tiny_synthetic), cfg.batch_size, cfg.seed)
+    method, network = method_and_network(cfg, data=data)
     optimizer = build_optimizer(cfg, network.parameters())  # built once, before any head is added
 
     def step(batch):

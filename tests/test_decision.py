@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from networks import method_and_network
 
 from mmray.data.manifest import load_manifest
 from mmray.data.memory import InMemoryDataSource
@@ -36,10 +37,7 @@ def _config(folder, **settings):
 
 
 def _method_and_gate(folder, **settings):
-    cfg = _config(folder, **settings)
-    manifest = load_manifest(folder)
-    method, network = loop.build_method_and_network(cfg, manifest, InMemoryDataSource(folder, manifest, 32, 0),
-                                                    World(0, 1, CPU))
+    method, network = method_and_network(_config(folder, **settings))
     return method, network.heads
 
 

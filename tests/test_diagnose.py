@@ -61,7 +61,7 @@ def test_figures_on_hand_made_outputs():
 def test_decision_weights_are_the_modality_halves(tmp_path, fusion):
     folder = tmp_path / "synthetic-av"
     synthetic.prepare(folder, synthetic.SyntheticConfig(sizes=(16, 8, 8)))
-    model = build_model("small-cnn", fusion, load_manifest(folder), 8)
+    model = build_model("small-cnn", fusion, load_manifest(folder), width=8)
     w_a, w_v = decision_weights(model)
     assert w_a.shape == (10, model.audio_dim) and w_v.shape == (10, model.visual_dim)
     f_a, f_v = torch.randn(3, model.audio_dim), torch.randn(3, model.visual_dim)

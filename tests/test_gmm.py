@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from distributed import run_on_two_workers
+from networks import method_and_network
 
 from mmray.data.manifest import load_manifest
 from mmray.data.memory import InMemoryDataSource
@@ -39,16 +40,8 @@ def _config(folder, **settings) -> TrainConfig:
                                   "width": WIDTH, "batch_size": 32, **settings})
 
 
-def _method_and_network(folder, data=None, world=None, **settings):
-    """The method and its network as the loop builds them (seeded: the same weights every time)."""
-    cfg = _config(folder, **settings)
-    manifest = load_manifest(folder)
-    data = data or InMemoryDataSource(folder, manifest, cfg.batch_size, cfg.seed)
-    return loop.build_method_and_network(cfg, manifest, data, world or World(0, 1, CPU))
-
-
 def _method(folder, **settings) -> GMM:
-    return _method_and_network(folder, **settings)[0]
+    return method_and_network(_config(folder, **settings))[0]
 
 
 def _fake_step(n=6, classes=8, seed=0):
@@ -130,7 +123,7 @@ def test_fit_finds_the_balanced_component_and_the_outliers():
 def test_refit_over_train_is_deterministic_and_covers_every_sample_once(folder):
     fits = []
     for _ in range(2):
-        method, network = _method_and_network(folder)
+        method, network = method_and_network(_config(folder))
         metrics = method.on_epoch_start(WARMUP, network)
         assert network.training  # back in train mode after the sweep
         fits.append((metrics, method))
@@ -152,7 +145,7 @@ class _Twice(InMemoryDataSource):
 
 def test_refit_refuses_a_sample_seen_twice(folder):
     manifest = load_manifest(folder)
-    method, network = _method_and_network(folder, data=_Twice(folder, manifest, 32, 0))
+    method, network = method_and_network(_config(folder), data=_Twice(folder, manifest, 32, 0))
     with pytest.raises(RuntimeError, match="must appear once"):
         method.on_epoch_start(WARMUP, network)
 
@@ -210,14 +203,14 @@ class _HalfTrain(InMemoryDataSource):
 
 def _fit_on_worker(world, folder, out_dir):
     data = _HalfTrain(folder, load_manifest(folder), 32, 0, rank=world.rank)
-    method, network = _method_and_network(folder, data=data, world=world)
+    method, network = method_and_network(_config(folder), data=data, world=world)
     metrics = method.on_epoch_start(WARMUP, network)
     torch.save({"posteriors": method.posteriors, "metrics": metrics}, out_dir / f"rank{world.rank}.pt")
 
 
 def test_two_workers_get_the_single_process_posteriors(folder, tmp_path):
     run_on_two_workers(_fit_on_worker, folder, tmp_path)
-    method, network = _method_and_network(folder)
+    method, network = method_and_network(_config(folder))
     single = method.on_epoch_start(WARMUP, network)
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt")
@@ -239,7 +232,7 @@ def test_purification_epochs_train_at_a_lower_rate_with_batchnorm_frozen(folder)
 
 
 def _purification_loss_on_worker(world, folder, out_dir):
-    method = _method_and_network(folder, world=world, purify_epochs=1)[0]
+    method = method_and_network(_config(folder, purify_epochs=1), world=world)[0]
     out, extras, batch = _fake_step(n=12, seed=3)
     method.posteriors, method.keep = torch.zeros(128), torch.zeros(128)
     method.keep[10:13] = 1.0  # three kept samples among the first six, all six kept among the last six

@@ -60,3 +60,19 @@ def test_the_data_source_interface_and_the_in_memory_source_import_no_ray():
     code = "import sys, mmray.data.source, mmray.data.memory; print(sorted(m for m in sys.modules if m[:3] == 'ray'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_non_finite_loss_ends_the_run_before_that_epoch_is_reported(small_synthetic):
+    # AdamW's decoupled decay multiplies the weights by 1 - lr * wd = -1e10 per step: they overflow.
+    import pytest
+
+    from mmray.train.loop import NonFiniteLoss
+
+    reports = []
+    manifest = load_manifest(small_synthetic)
+    cfg = TrainConfig.from_flat({"data_dir": str(small_synthetic), "epochs": 2, "width": 8, "batch_size": 32,
+                                 "lr": 1e-2, "weight_decay": 1e12})
+    with pytest.raises(NonFiniteLoss, match="train/loss is nan in epoch 1"):
+        train(cfg, manifest, InMemoryDataSource(small_synthetic, manifest, 32, 0),
+              lambda metrics, state: reports.append(metrics), World.current())
+    assert reports == []

@@ -7,7 +7,7 @@ import torch
 
 from mmray.data.manifest import AudioSpec, FramesSpec, Manifest
 from mmray.errors import UserError
-from mmray.models import AVOutput, build_model
+from mmray.models import BACKBONES, AVOutput, Encoders, build_model
 
 torch.set_num_threads(1)
 
@@ -130,3 +130,12 @@ def test_gradients_reach_both_encoders():
 def test_unknown_names_raise_user_error(backbone, fusion, name):
     with pytest.raises(UserError, match=f"'{name}'"):
         build_model(backbone, fusion, manifest())
+
+
+def test_backbones_return_named_encoders_and_get_only_their_options():
+    m = manifest()
+    small = BACKBONES["small-cnn"](m, width=8)
+    assert isinstance(small, Encoders) and (small.audio_dim, small.visual_dim) == (16, 16)
+    with pytest.raises(TypeError):
+        BACKBONES["resnet18"](m, width=8)  # ResNet-18 has no width ...
+    assert build_model("resnet18", "sum", m, width=8).audio_dim == 512  # ... so build_model does not pass it

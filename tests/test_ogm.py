@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from distributed import run_on_two_workers
+from networks import method_and_network
 
 from mmray.data.manifest import load_manifest
 from mmray.data.memory import InMemoryDataSource
@@ -31,12 +32,9 @@ def folder(small_synthetic):
     return small_synthetic
 
 
-def _method_and_network(folder, world=None, **settings):
-    cfg = TrainConfig.from_flat({"method": "ogm", "data_dir": str(folder), "epochs": 2, "width": 8,
-                                 "batch_size": 32, **settings})
-    manifest = load_manifest(folder)
-    data = InMemoryDataSource(folder, manifest, cfg.batch_size, cfg.seed)
-    return loop.build_method_and_network(cfg, manifest, data, world or World(0, 1, CPU))
+def _config(folder, **settings) -> TrainConfig:
+    return TrainConfig.from_flat({"method": "ogm", "data_dir": str(folder), "epochs": 2, "width": 8,
+                                  "batch_size": 32, **settings})
 
 
 def _step(p_audio: float, p_visual: float, n: int = 4, classes: int = 10):
@@ -75,7 +73,7 @@ def test_coefficient_for_hand_computed_shares():
 
 
 def test_the_dominant_encoder_is_scaled_in_the_window_only(folder):
-    method, network = _method_and_network(folder, alpha=0.5, ge=False, modulation_starts=1)
+    method, network = method_and_network(_config(folder, alpha=0.5, ge=False, modulation_starts=1))
     out, batch = _step(p_audio=0.9, p_visual=0.3)  # s_a / s_v = 3
     k_a = 1 - math.tanh(1.0)
 
@@ -108,7 +106,7 @@ def test_the_dominant_encoder_is_scaled_in_the_window_only(folder):
 
 
 def test_no_modulation_from_modulation_ends_on(folder):
-    method, network = _method_and_network(folder, ge=False, modulation_ends=1)
+    method, network = method_and_network(_config(folder, ge=False, modulation_ends=1))
     out, batch = _step(p_audio=0.9, p_visual=0.3)
     _set_grads(network)
     method.after_backward(network, out, {}, batch, epoch=1)
@@ -116,7 +114,7 @@ def test_no_modulation_from_modulation_ends_on(folder):
 
 
 def test_ge_adds_noise_with_the_gradient_std_reproducibly(folder):
-    method, network = _method_and_network(folder, alpha=0.5, ge=True)
+    method, network = method_and_network(_config(folder, alpha=0.5, ge=True))
     out, batch = _step(p_audio=0.9, p_visual=0.3)
     seen = []
     for _ in range(2):
@@ -161,7 +159,7 @@ def test_training_reports_the_modulation(folder):
 
 
 def _worker(world, folder, out_dir):
-    method, network = _method_and_network(folder, world=world, alpha=0.5, ge=True)
+    method, network = method_and_network(_config(folder, alpha=0.5, ge=True), world=world)
     # Different batches per worker: audio dominates on rank 0's, vision on rank 1's.
     out, batch = _step(p_audio=0.9, p_visual=0.1) if world.rank == 0 else _step(p_audio=0.3, p_visual=0.5)
     method.on_epoch_start(0, network)
@@ -186,4 +184,4 @@ def test_two_workers_scale_identically_from_the_summed_shares(folder, tmp_path):
 
 
 def _visual_params(folder):
-    return list(_method_and_network(folder)[1].model.visual_encoder.parameters())
+    return list(method_and_network(_config(folder))[1].model.visual_encoder.parameters())

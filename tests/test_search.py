@@ -17,14 +17,11 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from networks import method_and_network
 
-from mmray.data.manifest import load_manifest
-from mmray.data.memory import InMemoryDataSource
 from mmray.errors import UserError
-from mmray.train.config import TrainConfig
-from mmray.train.loop import build_method_and_network
-from mmray.world import World
 from mmray.train.checkpoint import BEST_JSON
+from mmray.train.config import TrainConfig
 from mmray.tune.results import SUMMARY_CSV, SUMMARY_JSON
 from mmray.tune.search import STUDY_FILE, run_search
 from mmray.tune.space import load_space
@@ -91,10 +88,7 @@ def test_two_worker_ddp_trial_of_gmm_fits_as_one_worker(ray_local, tiny_syntheti
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
 
     # The same refit in one process, on the same initial model state.
-    cfg = TrainConfig.from_flat(best["config"])
-    manifest = load_manifest(tiny_synthetic)
-    data = InMemoryDataSource(tiny_synthetic, manifest, cfg.batch_size, cfg.seed)
-    method, network = build_method_and_network(cfg, manifest, data, World.current())
+    method, network = method_and_network(TrainConfig.from_flat(best["config"]))
     single = method.refit(network)
     first_epoch = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()][0]
     for key, value in single.items():
@@ -174,3 +168,60 @@ def test_resume_after_kill_finishes_without_rerunning(no_ray, short_tmp, tiny_sy
     assert states.count(optuna.trial.TrialState.RUNNING) == len(states) - 3 <= 1
     if bucket:
         assert (trials / SUMMARY_CSV).read_bytes() == (driver / SUMMARY_CSV).read_bytes()
+
+
+def test_study_stores_the_selected_value_failed_and_pruned_trials_and_seeds_confirm(ray_local, tiny_synthetic,
+                                                                                     tmp_path):
+    """One search: a weight decay of 1e12 makes AdamW's weights overflow, so the loss turns NaN (FAIL);
+    ASHA stops weak trials (PRUNED); the study's values are the selected epochs' values; then the top 2
+    configurations are retrained with 2 further seeds and the best mean is chosen."""
+    path = _space_file(tmp_path, "trust", num_samples=8, confirm={"top_k": 2, "seeds": 2},
+                       scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                       fixed={**SPACE["fixed"], "epochs": 3},
+                       params={"lr": {"type": "categorical", "choices": [3e-3, 1e-3, 1e-6]},
+                               "weight_decay": {"type": "categorical", "choices": [1e-4, 1e12]}})
+    space = load_space(str(path)).with_overrides(data_dir=str(tiny_synthetic))
+    best = run_search(space, RunOptions(storage=tmp_path / "results", name="trust"))
+
+    exp = tmp_path / "results" / "trust"
+    table = pd.read_csv(exp / SUMMARY_CSV)
+    study = optuna.load_study(study_name="trust", storage=f"sqlite:///{exp / STUDY_FILE}")
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    states = {t.state for t in study.trials}
+    assert {optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL} <= states, states
+    for _, row in table.iterrows():
+        trial = by_tune_id[row["trial_id"]] if isinstance(row["trial_id"], str) else None
+        if row["status"] == "ERROR":
+            assert "NonFiniteLoss" in row["error"] and "weight_decay" not in row["error"]
+            continue
+        stored = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else trial.user_attrs["best_value"]
+        assert stored == pytest.approx(row["val/fused_acc"]), row["trial_id"]  # the selected epoch's value
+        assert max(trial.intermediate_values.values()) == pytest.approx(row["val/fused_acc"])
+        assert (trial.state == optuna.trial.TrialState.PRUNED) == (row["epochs_run"] < 3)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all(t.params["weight_decay"] == 1e12 for t in failed)
+    assert best["config"]["weight_decay"] == 1e-4, "a broken trial never wins"
+
+    # Confirmation: seeds 1 and 2 of each of the top 2 configurations, every epoch; the best mean wins.
+    assert [s["seed"] for s in best["seeds"]] == [1, 2]
+    candidates = best["confirmation"]
+    assert len(candidates) == 2 and candidates[0]["mean"] >= candidates[1]["mean"]
+    per_seed = [s["validation"]["val/fused_acc"] for s in best["seeds"]]
+    assert best["validation"]["val/fused_acc"] == pytest.approx(sum(per_seed) / 2)
+    assert best["validation_std"]["val/fused_acc"] == pytest.approx(pd.Series(per_seed).std())
+    assert candidates[0]["mean"] == pytest.approx(best["validation"]["val/fused_acc"])
+    tests = [s["test"]["test/fused_acc"] for s in best["seeds"]]
+    assert best["test"]["test/fused_acc"] == pytest.approx(sum(tests) / 2)
+    assert json.loads((exp / BEST_JSON).read_text())["seeds"] == json.loads(json.dumps(best["seeds"]))
+    assert len(list((exp / "confirm").glob("confirm_*"))) == 4
+
+
+def test_non_finite_values_never_rank_best():
+    from mmray.tune.results import best_index
+
+    nan, inf = float("nan"), float("inf")
+    values, epochs = pd.Series([0.5, 0.8, nan]), pd.Series([1, 2, 3])
+    assert best_index(values, epochs, "max") == 1
+    assert best_index(values, epochs, "min") == 0
+    assert best_index(pd.Series([0.5, inf]), pd.Series([1, 2]), "max") == 0
+    assert best_index(pd.Series([nan, nan]), pd.Series([1, 2]), "max") is None

@@ -9,9 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from networks import method_and_network
 
 from mmray.errors import UserError
-from mmray.tune.space import SPACES_DIR, load_space
+from mmray.train.config import TrainConfig
+from mmray.train.loop import evaluate
+from mmray.tune.space import METRICS, SPACES_DIR, Param, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -165,6 +168,23 @@ BAD_SPACES = {
 def test_bad_space_raises_user_error_naming_file_and_key(tmp_path, case):
     raw, fragments = BAD_SPACES[case]
     expect_error(write_space(tmp_path, raw), *fragments)
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"type": "log-float", "low": 0.0, "high": 1.0}, "low"),
+    ({"type": "float", "low": 0.5, "high": 0.5}, "high"),
+    ({"type": "int", "low": 8, "high": 16, "step": 0}, "step"),
+    ({"type": "categorical", "choices": ()}, "choices"),
+])
+def test_a_param_refuses_what_cannot_be_searched_naming_the_key(fields, key):
+    with pytest.raises(UserError, match=f"^{key}: "):
+        Param("x", **fields)
+
+
+def test_accepted_metrics_are_the_ones_the_loop_reports(small_synthetic):
+    method, network = method_and_network(TrainConfig.from_flat({"data_dir": str(small_synthetic), "width": 8}))
+    reported = evaluate(network, method, method.ctx.data.eval_batches("val"), method.ctx.num_classes, "val")
+    assert set(reported) == set(METRICS)
 
 
 # --- conditional parameters through a real Optuna trial -----------------------------------------------------------

@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from mmray.data.manifest import Manifest
-from mmray.models.registry import register_backbone
+from mmray.models.registry import Encoders, register_backbone
 
 
 def _small_cnn(in_channels: int, width: int) -> nn.Module:
@@ -20,10 +20,10 @@ def _small_cnn(in_channels: int, width: int) -> nn.Module:
 
 
 @register_backbone("small-cnn")
-def small_cnn(manifest: Manifest, width: int):
+def small_cnn(manifest: Manifest, width: int) -> Encoders:
     audio = _small_cnn(manifest.audio.shape[0], width)
     visual = _small_cnn(manifest.frames.channels, width)
-    return audio, visual, 2 * width, 2 * width
+    return Encoders(audio, visual, 2 * width, 2 * width)
 
 
 def _resnet18(in_channels: int) -> nn.Module:
@@ -35,6 +35,6 @@ def _resnet18(in_channels: int) -> nn.Module:
 
 
 @register_backbone("resnet18")
-def resnet18_pair(manifest: Manifest, width: int):
-    # `width` does not apply: ResNet-18 features are 512-d.
-    return _resnet18(manifest.audio.shape[0]), _resnet18(manifest.frames.channels), 512, 512
+def resnet18_pair(manifest: Manifest) -> Encoders:
+    """No width option: ResNet-18 features are 512-d."""
+    return Encoders(_resnet18(manifest.audio.shape[0]), _resnet18(manifest.frames.channels), 512, 512)

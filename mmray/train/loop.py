@@ -20,7 +20,7 @@ from mmray.data.source import DataSource
 from mmray.methods import Method, MethodContext, get_method
 from mmray.models import build_model
 from mmray.train.config import TrainConfig
-from mmray.train.metrics import accuracy, confusion, macro_f1
+from mmray.train.metrics import HEADS, SCORES, confusion, metric_name
 from mmray.world import World
 
 # (metrics, state to checkpoint). The state holds the live tensors: save it before returning.
@@ -48,7 +48,7 @@ class Network(nn.Module):
 def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data: DataSource, world: World) -> tuple[Method, Network]:
     """The method and the network it trains, on CPU; identical on every worker and every rerun."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.fusion, manifest, cfg.width)
+    model = build_model(cfg.model, cfg.fusion, manifest, width=cfg.width)
     ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data,
                         feature_dims=(model.audio_dim, model.visual_dim), seed=cfg.seed)
     method = get_method(cfg.method)(cfg.method_params, ctx)
@@ -71,7 +71,7 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 def evaluate(network: nn.Module, method: Method, batches, num_classes: int, prefix: str) -> dict[str, float]:
     """Accuracy and macro-F1 of the fused and per-modality predictions, and the mean modality gap."""
     network.eval()
-    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long) for k in ("fused", "audio", "visual")}
+    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long) for k in HEADS}
     gap_sum, n = 0.0, 0
     for batch in batches:
         out, extras = network(batch.audio, batch.frames)
@@ -86,10 +86,10 @@ def evaluate(network: nn.Module, method: Method, batches, num_classes: int, pref
         n += label.numel()
     network.train()
     metrics = {}
-    for key, c in conf.items():
-        metrics[f"{prefix}/{key}_acc"] = accuracy(c)
-        metrics[f"{prefix}/{key}_f1"] = macro_f1(c)
-    metrics[f"{prefix}/gap"] = gap_sum / max(n, 1)
+    for head, c in conf.items():
+        for kind, score in SCORES.items():
+            metrics[metric_name(prefix, kind, head)] = score(c)
+    metrics[metric_name(prefix, "gap")] = gap_sum / max(n, 1)
     return metrics
 
 

@@ -1,6 +1,8 @@
-"""Classification metrics from accumulated predictions (pure functions, no Ray)."""
+"""Classification metrics from accumulated predictions (pure functions, no Ray), and how the loop names them."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -21,3 +23,17 @@ def macro_f1(conf: torch.Tensor) -> float:
     actual = conf.sum(1).double()
     f1 = torch.where(predicted + actual > 0, 2 * tp / (predicted + actual), torch.zeros_like(tp))
     return f1.mean().item()
+
+
+# What the loop's `evaluate` reports per split: each score of each head, and the modality gap.
+HEADS = ("fused", "audio", "visual")  # the predictions every method makes (Method.predict)
+SCORES: dict[str, Callable[[torch.Tensor], float]] = {"acc": accuracy, "f1": macro_f1}  # of a confusion matrix
+
+
+def metric_name(split: str, kind: str, head: str | None = None) -> str:
+    """`val/fused_acc` for a head's score, `val/gap` for the gap."""
+    return f"{split}/{head}_{kind}" if head else f"{split}/{kind}"
+
+
+def metric_names(split: str) -> tuple[str, ...]:
+    return tuple(metric_name(split, kind, head) for head in HEADS for kind in SCORES) + (metric_name(split, "gap"),)

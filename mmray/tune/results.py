@@ -138,6 +138,18 @@ def best_record(config: dict, seeds: list[dict], space: SearchSpace, experiment:
     }
 
 
+def confirmation_record(groups: list, space: SearchSpace) -> list[dict]:
+    """Every confirmed configuration (its searched values) with each seed's best validation value, best first."""
+    record = []
+    for config, runs in groups:
+        values = {seed: best_value(result, space) for seed, result in runs}
+        finite = [v for v in values.values() if v is not None]
+        record.append({"config": {p.name: config.get(p.name) for p in space.params}, "validation": values,
+                       "mean": sum(finite) / len(finite) if finite else None,
+                       "std": float(pd.Series(finite).std(ddof=1)) if len(finite) > 1 else 0.0})
+    return record
+
+
 def write_best(best: dict, folder: Path) -> None:
     (folder / BEST_JSON).write_text(json.dumps(best, indent=2, default=str))
 
@@ -163,4 +175,8 @@ def print_best(best: dict, space: SearchSpace, table: pd.DataFrame, files: str) 
         for s in best["seeds"]:
             print(f"  seed {s['seed']:<4} val {s['validation'][space.metric]:.4f}  "
                   + "  ".join(f"{k}={v:.4f}" for k, v in s["test"].items() if k.endswith("_acc")))
+    for rank, candidate in enumerate(best.get("confirmation", []), 1):
+        mean = "failed" if candidate["mean"] is None else f"{candidate['mean']:.4f}+-{candidate['std']:.4f}"
+        print(f"  confirmed #{rank}: {space.metric} {mean} over seeds {list(candidate['validation'])}  "
+              + fmt(candidate["config"]))
     print("results    ", best["experiment"], f"({files})", flush=True)

@@ -37,12 +37,15 @@ def run_search(space: SearchSpace, options: RunOptions) -> dict:
     table = res.summarize(results, space)
     res.write_summary(table, exp)
     best_result, _ = res.best_trial(results, table, space)
-    config, runs = best_result.config, [(space.seed, best_result)]
+    groups = [(best_result.config, [(space.seed, best_result)])]
     if space.confirm.top_k:  # replaced by the configuration with the best mean over further seeds
         configs = top_configs(results, table, space, space.confirm.top_k)
-        config, runs = confirm(space, options, configs, settings, concurrency, datasets)[0]
+        groups = confirm(space, options, configs, settings, concurrency, datasets)
+    config, runs = groups[0]
     seeds = [evaluate_run(seed, result, space, options) for seed, result in runs]
     best = res.best_record(config, seeds, space, options.experiment_uri, f"sqlite:///{exp / STUDY_FILE}")
+    if space.confirm.top_k:
+        best["confirmation"] = res.confirmation_record(groups, space)
     diagnose_checkpoint(best["checkpoint"])  # the chosen model's decision-layer diagnostics, written beside it
     res.write_best(best, exp)
     upload_experiment(options)
@@ -138,7 +141,9 @@ def trial_settings(space: SearchSpace, options: RunOptions) -> TrialSettings:
                          metric=space.metric, mode=space.mode)
 
 
-def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict):
+def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict,
+                stop=None):
+    """The search's Tuner; `stop` (a Tune stopper) may end it early, e.g. at an epoch budget (bench search-quality)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -181,7 +186,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, setti
                                     max_concurrent_trials=concurrency, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
-            name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1,
+            name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1, stop=stop,
             # Best checkpoint on the search metric, plus the latest one for resuming.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),

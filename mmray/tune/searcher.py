@@ -32,6 +32,9 @@ class SelectionSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, result)  # the intermediate value, at step = training_iteration
+        self._track(trial_id, result)
+
+    def _track(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value) and better(value, self._best.get(trial_id),
                                                                                  self.mode):
@@ -42,6 +45,11 @@ class SelectionSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if result and not error and int(result.get("epoch", 0)) > self._epochs_run.get(trial_id, 0):
+            # Tune may hand the last result (the one on which the scheduler stopped the trial, or the
+            # final epoch's) to on_trial_complete only: it is an intermediate value like the others.
+            super().on_trial_result(trial_id, result)
+            self._track(trial_id, result)
         best = self._best.pop(trial_id, None)
         epochs_run = self._epochs_run.pop(trial_id, 0)
         ot_trial.set_user_attr("tune_trial_id", trial_id)

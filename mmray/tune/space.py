@@ -23,7 +23,7 @@ Every error names the file and the key at fault.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -32,18 +32,21 @@ import yaml
 from mmray.config import build, coerce
 from mmray.errors import UserError
 from mmray.methods import get_method
+from mmray.methods.base import require
 from mmray.train.config import TrainConfig, key_type
 from mmray.train.resources import WorkerResources
+from mmray.train.metrics import metric_names
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 PARAM_TYPES = ("int", "float", "log-float", "categorical")
 # Top-level keys that are run settings, not hyperparameters: they may not appear in fixed/params.
 RUN_LEVEL_KEYS = ("method", "dataset", "data_dir", "seed")
-METRICS = tuple(f"val/{head}_{kind}" for head in ("fused", "audio", "visual") for kind in ("acc", "f1")) + ("val/gap",)
+METRICS = metric_names("val")  # what the loop reports on validation each epoch
 
 
 @dataclass(frozen=True)
 class Param:
+    """One searched setting: a range or a list of choices, searched only `when` other settings allow."""
     name: str
     type: Literal["int", "float", "log-float", "categorical"]
     low: float | None = None
@@ -51,6 +54,49 @@ class Param:
     step: float | None = None
     choices: tuple = ()
     when: dict[str, tuple] = field(default_factory=dict)  # key -> allowed values
+
+    def __post_init__(self):
+        """Refuse what Optuna cannot search, naming the key (`parse` adds the file and the parameter)."""
+        if self.type == "categorical":
+            require(len(self.choices) > 0, "choices", list(self.choices), "must not be empty")
+            return
+        for key in ("low", "high"):
+            require(math.isfinite(getattr(self, key)), key, getattr(self, key), "must be finite")
+        require(self.high > self.low, "high", self.high, f"must be above low ({self.low})")
+        require(self.type != "log-float" or self.low > 0, "low", self.low, "must be above 0 for a log-float range")
+        require(self.step is None or self.type != "log-float", "step", self.step, "cannot be set for a log-float range")
+        require(self.step is None or 0 < self.step <= self.high - self.low, "step", self.step,
+                "must be positive and at most high - low")
+
+    @classmethod
+    def parse(cls, name: str, spec: Any, annotation: Any, at: str) -> "Param":
+        """`{type: ..., low/high/step or choices}` for a setting of type `annotation`; the space parses `when`."""
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise UserError(f"{at}: expected {{type: {'|'.join(PARAM_TYPES)}, ...}}")
+        kind = spec["type"]
+        require(kind in PARAM_TYPES, f"{at}.type", kind, f"is not one of {list(PARAM_TYPES)}")
+        allowed = {"type", "when"} | ({"choices"} if kind == "categorical" else {"low", "high", "step"})
+        for key in spec:
+            require(key in allowed, at, key, f"is not a key of type {kind} (allowed: {', '.join(sorted(allowed))})")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            require(isinstance(choices, list), f"{at}.choices", choices, "must be a list")
+            values = {"choices": tuple(coerce(c, annotation, f"{at}.choices") for c in choices)}
+        else:
+            base = _base_type(annotation)
+            require(base in (int, float), at, name, "is not numeric; use type: categorical")
+            fits = "int" if base is int else "float or log-float"
+            require((kind == "int") == (base is int), f"{at}.type", kind,
+                    f"does not fit the {base.__name__} setting {name!r}; use {fits}")
+            for key in ("low", "high"):
+                require(key in spec, at, key, "is missing")
+            values = {key: coerce(spec[key], base, f"{at}.{key}") for key in ("low", "high")}
+            if spec.get("step") is not None:
+                values["step"] = coerce(spec["step"], base, f"{at}.step")
+        try:
+            return cls(name, kind, **values)
+        except UserError as e:
+            raise UserError(f"{at}.{e}") from None
 
     def active(self, values: dict) -> bool:
         return all(values.get(key) in allowed for key, allowed in self.when.items())
@@ -165,8 +211,7 @@ def load_space(name: str) -> SearchSpace:
     return parse_space(raw, path)
 
 
-TOP_LEVEL = ("name", "method", "dataset", "data_dir", "metric", "mode", "num_samples", "max_concurrent",
-             "seed", "scheduler", "resources", "confirm", "fixed", "params")
+TOP_LEVEL = tuple(f.name for f in fields(SearchSpace) if f.name != "source")  # the file is not a key in it
 REQUIRED = ("method", "dataset", "metric", "mode")
 
 
@@ -235,45 +280,8 @@ def _parse_params(params: Any, space: SearchSpace, where: str) -> tuple[Param, .
             raise UserError(f"{at}: unknown setting for method {space.method!r}")
         if name in space.fixed:
             raise UserError(f"{at}: also given under fixed; keep one")
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise UserError(f"{at}: expected {{type: {'|'.join(PARAM_TYPES)}, ...}}")
-        kind = spec["type"]
-        if kind not in PARAM_TYPES:
-            raise UserError(f"{at}.type: {kind!r} is not one of {list(PARAM_TYPES)}")
-        allowed = {"type", "when"} | ({"choices"} if kind == "categorical" else {"low", "high", "step"})
-        for key in spec:
-            if key not in allowed:
-                raise UserError(f"{at}: unknown key {key!r} for type {kind} (allowed: {', '.join(sorted(allowed))})")
-        when = _parse_when(spec.get("when") or {}, space, parsed, at)
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise UserError(f"{at}.choices: needs a non-empty list")
-            parsed.append(Param(name, kind, choices=tuple(coerce(c, annotation, f"{at}.choices") for c in choices),
-                                when=when))
-            continue
-        base = _base_type(annotation)
-        if base not in (int, float):
-            raise UserError(f"{at}: {name!r} is not numeric; use type: categorical")
-        if kind == "int" and base is not int:
-            raise UserError(f"{at}.type: {name!r} is a float setting; use float or log-float")
-        if kind != "int" and base is int:
-            raise UserError(f"{at}.type: {name!r} is an integer setting; use int")
-        for key in ("low", "high"):
-            if key not in spec:
-                raise UserError(f"{at}: missing {key!r}")
-        low = coerce(spec["low"], base, f"{at}.low")
-        high = coerce(spec["high"], base, f"{at}.high")
-        step = coerce(spec["step"], base, f"{at}.step") if spec.get("step") is not None else None
-        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-            raise UserError(f"{at}: empty or inverted range [{low}, {high}]")
-        if kind == "log-float" and low <= 0:
-            raise UserError(f"{at}.low: a log-float range needs low > 0, got {low}")
-        if step is not None and (step <= 0 or step > high - low):
-            raise UserError(f"{at}.step: {step} must be positive and at most high - low")
-        if step is not None and kind == "log-float":
-            raise UserError(f"{at}.step: a log-float range cannot have a step")
-        parsed.append(Param(name, kind, low=low, high=high, step=step, when=when))
+        param = Param.parse(name, spec, annotation, at)
+        parsed.append(replace(param, when=_parse_when(spec.get("when") or {}, space, parsed, at)))
     return tuple(parsed)
 
 
