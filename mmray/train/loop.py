@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
     if init_network is not None:
         network.load_state_dict(init_network)
     network = network.to(world.device)
-    wrapped = world.wrap(network)
+    wrapped = world.wrap(network, method.leaves_parameters_unused)
     optimizer = build_optimizer(cfg, network.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, method, epoch))
 
