@@ -49,7 +49,8 @@ class Augment:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rng = np.random.default_rng()
-        frames = torch.from_numpy(np.array(batch["frames"]))  # (B, T, C, H, W); Ray's arrays are read-only
+        # (B, T, C, H, W), uint8 pixels (or float); Ray's arrays are read-only
+        frames = torch.from_numpy(np.array(batch["frames"])).float()
         h, w = frames.shape[-2:]
         out = np.empty_like(batch["frames"])
         for i, clip in enumerate(frames):
@@ -58,7 +59,8 @@ class Augment:
             top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             crop = torch.nn.functional.interpolate(clip[:, :, top:top + ch, left:left + cw], size=(h, w),
                                                    mode="bilinear", align_corners=False)
-            out[i] = (crop.flip(-1) if self.flip and rng.random() < 0.5 else crop).numpy()
+            crop = crop.flip(-1) if self.flip and rng.random() < 0.5 else crop
+            out[i] = (crop.round().clamp(0, 255) if out.dtype == np.uint8 else crop).numpy()
         return {**batch, "frames": out}
 
 
@@ -73,7 +75,8 @@ def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarr
 
 def decoded_bytes(manifest: Manifest, split: str) -> int:
     f = manifest.frames
-    per_sample = 4 * (int(np.prod(manifest.audio.shape)) + f.count * f.channels * f.height * f.width) + 16
+    # float32 audio, uint8 frames (normalised on the device), two int64s
+    per_sample = 4 * int(np.prod(manifest.audio.shape)) + f.count * f.channels * f.height * f.width + 16
     return per_sample * manifest.split_size(split)
 
 

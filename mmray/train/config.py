@@ -36,6 +36,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     seed: int = 0
     shuffle_buffer: int = 1024
+    # GPU speed settings, no effect on what is computed beyond rounding: bf16 autocast of the forward
+    # pass and loss (on a GPU; on CPU the run stays fp32), and channels-last convolutions.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
     method_params: Any = field(default=None)  # the method's Params dataclass, filled by from_flat
 
     @classmethod

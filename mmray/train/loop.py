@@ -71,25 +71,27 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 def evaluate(network: nn.Module, method: Method, batches, num_classes: int, prefix: str) -> dict[str, float]:
     """Accuracy and macro-F1 of the fused and per-modality predictions, and the mean modality gap."""
     network.eval()
-    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long) for k in HEADS}
-    gap_sum, n = 0.0, 0
+    # Accumulated on the network's device and read once at the end: no host sync per batch.
+    device = next(network.parameters()).device
+    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long, device=device) for k in HEADS}
+    gap_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in batches:
         out, extras = network(batch.audio, batch.frames)
-        label = batch.label.cpu()
         logits = method.predict(out, extras)
         for key, z in logits.items():
-            conf[key] += confusion(z.argmax(1).cpu(), label, num_classes)
+            conf[key] += confusion(z.argmax(1), batch.label, num_classes)
         # Modality gap g = p_a(y) - p_v(y) from the two per-modality predictions the method makes.
-        p_a = logits["audio"].softmax(1).gather(1, batch.label[:, None]).squeeze(1)
-        p_v = logits["visual"].softmax(1).gather(1, batch.label[:, None]).squeeze(1)
-        gap_sum += (p_a - p_v).sum().item()
-        n += label.numel()
+        p_a = logits["audio"].float().softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        p_v = logits["visual"].float().softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        gap_sum += (p_a - p_v).sum().double()
+        n += len(batch.label)
     network.train()
+    conf = {k: c.cpu() for k, c in conf.items()}
     metrics = {}
     for head, c in conf.items():
         for kind, score in SCORES.items():
             metrics[metric_name(prefix, kind, head)] = score(c)
-    metrics[metric_name(prefix, "gap")] = gap_sum / max(n, 1)
+    metrics[metric_name(prefix, "gap")] = gap_sum.item() / max(n, 1)
     return metrics
 
 
@@ -104,7 +106,12 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
     if init_network is not None:
         network.load_state_dict(init_network)
     network = network.to(world.device)
+    if cfg.channels_last:  # NHWC convolutions: faster on GPUs with tensor cores
+        network = network.to(memory_format=torch.channels_last)
     wrapped = world.wrap(network, method.leaves_parameters_unused)
+    # bf16 autocast for the forward pass and the loss, on a GPU only (on CPU it is slower): see TrainConfig.precision.
+    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16" and world.device.type == "cuda")
     optimizer = build_optimizer(cfg, network.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, method, epoch))
 
@@ -121,9 +128,11 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
         metrics = {"epoch": epoch + 1, **method.on_epoch_start(epoch, network)}
         loss_sum, steps = torch.zeros((), device=world.device), 0
         for batch in data.train_batches(epoch):
-            out, extras = wrapped(batch.audio, batch.frames)
-            loss = world.with_every_output(method.loss(out, extras, batch, epoch),
-                                           [out.fused, out.audio, out.visual, *extras.values()])
+            audio = batch.audio.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.audio
+            with autocast:
+                out, extras = wrapped(audio, batch.frames)
+                loss = world.with_every_output(method.loss(out, extras, batch, epoch),
+                                               [out.fused, out.audio, out.visual, *extras.values()])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             method.after_backward(network, out, extras, batch, epoch)
