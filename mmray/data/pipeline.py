@@ -106,19 +106,18 @@ class RayDataSource:
 
     `splits` maps a split name to a Ray Dataset or a DataIterator (a Train worker's shard);
     both stream through `iter_torch_batches`. Under Ray Train, "train" is this worker's streaming
-    split, which balances rows across workers (and may drop a few per epoch); "train_all" is the
-    whole, unsplit split, from which a sweep over train takes every row exactly once.
+    split, which balances rows across workers (and may drop a few per epoch); "train_all" is this
+    worker's own share of the whole split (`own_share`), so a sweep over train reads every row
+    exactly once across workers, and each worker reads only its rows.
     """
 
     def __init__(self, splits: dict, batch_size: int, seed: int, device: torch.device,
-                 shuffle_buffer: int = 1024, rank: int = 0, world_size: int = 1):
+                 shuffle_buffer: int = 1024):
         self.splits = splits
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
         self.shuffle_buffer = shuffle_buffer
-        self.rank = rank
-        self.world_size = world_size
 
     def _iterate(self, split: str, shuffle_seed: int | None) -> Iterator[Batch]:
         rows = self.splits[split].iter_torch_batches(
@@ -137,16 +136,13 @@ class RayDataSource:
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         """A split in stored order, unshuffled. For "train": this worker's share, every row exactly
-        once across workers (the rows whose index % world_size == rank), not augmented."""
+        once across workers (under Ray Train, "train_all" holds only this worker's rows), not augmented."""
         if split != "train":
             return self._iterate(split, shuffle_seed=None)
-        whole = "train_all" if "train_all" in self.splits else "train"
-        if self.world_size == 1:
-            return self._iterate(whole, shuffle_seed=None)
-        return self._own_share(self._iterate(whole, shuffle_seed=None))
+        return self._iterate("train_all" if "train_all" in self.splits else "train", shuffle_seed=None)
 
-    def _own_share(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        for b in batches:
-            keep = b.index % self.world_size == self.rank
-            if keep.any():
-                yield Batch(audio=b.audio[keep], frames=b.frames[keep], label=b.label[keep], index=b.index[keep])
+
+def own_share(dataset: ray.data.Dataset, rank: int, world_size: int) -> ray.data.Dataset:
+    """The rows of `dataset` whose index % world_size == rank: a filter in the plan, so a worker reads
+    only its own rows, and every row belongs to exactly one worker."""
+    return dataset.filter(expr=(col("index") % world_size) == rank, num_cpus=DATA_TASK_CPUS)

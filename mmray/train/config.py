@@ -27,6 +27,7 @@ class TrainConfig:
     model: str = "small-cnn"
     fusion: Literal["concat", "sum"] = "concat"
     width: int = 32  # channel width of the small CNN encoders
+    audio_grid: int = 1  # small-cnn: side of the audio map kept before the projection (1: global pooling)
     epochs: int = 8
     batch_size: int = 64
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -59,7 +60,7 @@ class TrainConfig:
                                 f"nor a hyperparameter of method {method_cls.name!r} ({', '.join(method_keys) or 'none'})")
         cfg = build(cls, {k: v for k, v in values.items() if k in general}, where)
         cfg.method_params = build(method_cls.Params, method_values, where)
-        for name in ("epochs", "batch_size", "width"):
+        for name in ("epochs", "batch_size", "width", "audio_grid"):
             if getattr(cfg, name) < 1:
                 raise UserError(f"{where}.{name}: {getattr(cfg, name)} must be at least 1")
         if cfg.lr <= 0:

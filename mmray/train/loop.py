@@ -48,7 +48,7 @@ class Network(nn.Module):
 def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data: DataSource, world: World) -> tuple[Method, Network]:
     """The method and the network it trains, on CPU; identical on every worker and every rerun."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.fusion, manifest, width=cfg.width)
+    model = build_model(cfg.model, cfg.fusion, manifest, width=cfg.width, audio_grid=cfg.audio_grid)
     ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data,
                         feature_dims=(model.audio_dim, model.visual_dim), seed=cfg.seed)
     method = get_method(cfg.method)(cfg.method_params, ctx)
