@@ -7,6 +7,7 @@ driver materializes them once and each trial maps the very same blocks (no copy 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import CachedSplit, configure_data_context, load_splits
@@ -30,7 +31,7 @@ def test_trials_run_on_both_nodes_and_share_the_cached_splits(tiny_synthetic, tm
 
         def trial(config, datasets):
             split = CachedSplit(datasets["train"])
-            rows = sum(len(b.label) for b in split.batches(64, config["seed"], __import__("torch").device("cpu")))
+            rows = sum(len(b.label) for b in split.batches(64, config["seed"], torch.device("cpu")))
             blocks = [ref.hex() for bundle in datasets["train"].iter_internal_ref_bundles()
                       for ref in bundle.block_refs]
             tune.report({"node": ray.get_runtime_context().get_node_id(), "rows": rows, "blocks": ",".join(blocks)})

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.data import synthetic
     from mmray.data.manifest import load_manifest
     from mmray.data.memory import InMemoryDataSource
+    from mmray.data.source import Batch
     from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits, own_share
     from mmray.train.config import TrainConfig
     from mmray.train.checkpoint import KeepBestAndLast
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     method, network = build_method_and_network(cfg, manifest, memory, World.current(device))
     network = network.to(device, memory_format=torch.channels_last if gpu else torch.contiguous_format)
     optimizer = build_optimizer(cfg, network.parameters())
-    batches = [b.__class__(**{k: getattr(b, k).to(device) for k in ("audio", "frames", "label", "index")})
+    batches = [Batch(b.audio.to(device), b.frames.to(device), b.label.to(device), b.index.to(device))
                for b in memory.train_batches(0)]
     start = None
     for epoch in range(args.epochs):
         if epoch == 1:
-            torch.cuda.synchronize() if gpu else None
+            if gpu:
+                torch.cuda.synchronize()
             start = time.perf_counter()
         for batch in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    torch.cuda.synchronize() if gpu else None
+    if gpu:
+        torch.cuda.synchronize()
     plain = timed / (time.perf_counter() - start)
 
     start_local_ray(args.threads, worker_logs=False)
