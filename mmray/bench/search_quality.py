@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-GRID = {"lr": [3e-4, 1e-3, 3e-3, 1e-2], "weight_decay": [1e-4, 1e-1], "fusion": ["concat", "sum"]}
+GRID = {"lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-1], "fusion": ["concat", "sum"]}
 
 
 class EpochBudget:
