@@ -109,9 +109,9 @@ class RayDataSource:
 
     `splits` maps a split name to a Ray Dataset or a DataIterator (a Train worker's shard);
     both stream through `iter_torch_batches`, except a split cached in the object store
-    (materialized): its blocks are mapped into this process once (`CachedSplit`, no copy) and
-    batched here every epoch, without a Ray Data execution (1-2 s of start-up) per pass. Under Ray Train, "train" is this worker's streaming
-    split, which balances rows across workers (and may drop a few per epoch); "train_all" is this
+    (materialized): its blocks are fetched into this process once (`CachedSplit`) and batched here
+    every pass, without the start-up of a Ray Data execution per pass (train, validation and any
+    sweep, every epoch). Under Ray Train, "train" is this worker's streaming split, which balances rows across workers (and may drop a few per epoch); "train_all" is this
     worker's own share of the whole split (`own_share`), so a sweep over train reads every row
     exactly once across workers, and each worker reads only its rows.
     """
@@ -154,9 +154,9 @@ class RayDataSource:
 
 
 class CachedSplit:
-    """A materialized split's blocks as tensors in this process. `ray.get` maps each block from the
-    object store's shared memory, so every trial on a node reads the same bytes (no copy per trial);
-    a batch gathers its rows from the blocks."""
+    """A materialized split's blocks as tensors in this process. Every trial `ray.get`s the same block
+    objects, which the driver put in the object store once (tests/test_scale.py); a batch gathers
+    its rows from the blocks."""
 
     def __init__(self, dataset: MaterializedDataset):
         self.blocks = []
