@@ -111,8 +111,9 @@ class RayDataSource:
     both stream through `iter_torch_batches`, except a split cached in the object store
     (materialized): its blocks are fetched into this process once (`CachedSplit`) and batched here
     every pass, without the start-up of a Ray Data execution per pass (train, validation and any
-    sweep, every epoch). Under Ray Train, "train" is this worker's streaming split, which balances rows across workers (and may drop a few per epoch); "train_all" is this
-    worker's own share of the whole split (`own_share`), so a sweep over train reads every row
+    sweep, every epoch). Under Ray Train, "train" is this worker's streaming split, which
+    balances rows across workers (and may drop a few per epoch); "train_all" is this worker's own
+    share of the whole split (`own_share`), so a sweep over train reads every row
     exactly once across workers, and each worker reads only its rows.
     """
 
