@@ -112,6 +112,24 @@ def test_two_worker_ddp_trial_of_aug_adds_a_head(ray_local, tiny_synthetic, tmp_
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
 
 
+def test_two_worker_ddp_trial_of_mmpareto(ray_local, tiny_synthetic, tmp_path):
+    """MMPareto's own step (three backward passes, gradients averaged by it, not by DDP) under Ray Train."""
+    path = _space_file(tmp_path, "mmpareto", method="mmpareto", num_samples=1, params={}, scheduler={"type": "fifo"},
+                       resources={"workers": 2, "cpus_per_worker": 0.5})
+    space = load_space(str(path)).with_overrides(data_dir=str(tiny_synthetic))
+    best = run_search(space, RunOptions(storage=tmp_path / "results", name="mmpareto"))
+
+    exp = tmp_path / "results" / "mmpareto"
+    assert len(list((exp / "train").glob("train-*"))) == 1, "the trial ran a Ray Train run"
+    epochs = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()]
+    assert len(epochs) == 2
+    for e in epochs:
+        for m in ("audio", "visual"):
+            assert 0.0 <= e[f"mmpareto/conflict_frac_{m}"] <= 1.0
+            assert 0.001 <= e[f"mmpareto/a1_{m}"] <= 0.999
+    assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
+
+
 def _completed_trials(exp: Path, epochs: int) -> list[Path]:
     done = []
     for result in exp.glob("trial_*/result.json"):
