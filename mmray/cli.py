@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["search", "search-quality", "data", "imbalance", "methods", "decision", "prepare"])
+    p.add_argument("what", choices=["search", "search-quality", "data", "gpu", "imbalance", "methods", "decision", "prepare"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(run=cmd_bench)
     return parser

@@ -33,12 +33,13 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, module: nn.Module) -> nn.Module:
+    def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """DDP over `module`; `find_unused_parameters` for a method that leaves some without a gradient in a step
+        (outputs a loss ignores are covered by `with_every_output`, not by this)."""
         if self.size == 1:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # Methods may leave parameters unused in a step (a unimodal baseline, a head not yet active).
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate a 1-D or N-D tensor from every worker along dim 0 (lengths may differ)."""

@@ -7,11 +7,14 @@ pulls ready tensors. Shapes and dtypes come from the manifest.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Iterator
 
 import numpy as np
 import ray.data
 import torch
+from ray.data.block import BlockAccessor
+from ray.data.dataset import MaterializedDataset
 from ray.data.expressions import col
 
 from mmray.data.manifest import Manifest
@@ -49,7 +52,8 @@ class Augment:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rng = np.random.default_rng()
-        frames = torch.from_numpy(np.array(batch["frames"]))  # (B, T, C, H, W); Ray's arrays are read-only
+        # (B, T, C, H, W), uint8 pixels (or float); Ray's arrays are read-only
+        frames = torch.from_numpy(np.array(batch["frames"])).float()
         h, w = frames.shape[-2:]
         out = np.empty_like(batch["frames"])
         for i, clip in enumerate(frames):
@@ -58,7 +62,8 @@ class Augment:
             top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             crop = torch.nn.functional.interpolate(clip[:, :, top:top + ch, left:left + cw], size=(h, w),
                                                    mode="bilinear", align_corners=False)
-            out[i] = (crop.flip(-1) if self.flip and rng.random() < 0.5 else crop).numpy()
+            crop = crop.flip(-1) if self.flip and rng.random() < 0.5 else crop
+            out[i] = (crop.round().clamp(0, 255) if out.dtype == np.uint8 else crop).numpy()
         return {**batch, "frames": out}
 
 
@@ -73,7 +78,8 @@ def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarr
 
 def decoded_bytes(manifest: Manifest, split: str) -> int:
     f = manifest.frames
-    per_sample = 4 * (int(np.prod(manifest.audio.shape)) + f.count * f.channels * f.height * f.width) + 16
+    # float32 audio, uint8 frames (normalised on the device), two int64s
+    per_sample = 4 * int(np.prod(manifest.audio.shape)) + f.count * f.channels * f.height * f.width + 16
     return per_sample * manifest.split_size(split)
 
 
@@ -102,22 +108,30 @@ class RayDataSource:
     """The `DataSource` (mmray/data/source.py) of Ray runs: shuffled train batches per epoch, ordered eval batches.
 
     `splits` maps a split name to a Ray Dataset or a DataIterator (a Train worker's shard);
-    both stream through `iter_torch_batches`. Under Ray Train, "train" is this worker's streaming
-    split, which balances rows across workers (and may drop a few per epoch); "train_all" is the
-    whole, unsplit split, from which a sweep over train takes every row exactly once.
+    both stream through `iter_torch_batches`, except a split cached in the object store
+    (materialized): its blocks are fetched into this process once (`CachedSplit`) and batched here
+    every pass, without the start-up of a Ray Data execution per pass (train, validation and any
+    sweep, every epoch). Under Ray Train, "train" is this worker's streaming split, which
+    balances rows across workers (and may drop a few per epoch); "train_all" is this worker's own
+    share of the whole split (`own_share`), so a sweep over train reads every row
+    exactly once across workers, and each worker reads only its rows.
     """
 
     def __init__(self, splits: dict, batch_size: int, seed: int, device: torch.device,
-                 shuffle_buffer: int = 1024, rank: int = 0, world_size: int = 1):
+                 shuffle_buffer: int = 1024):
         self.splits = splits
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
         self.shuffle_buffer = shuffle_buffer
-        self.rank = rank
-        self.world_size = world_size
+        self._cached: dict[str, CachedSplit] = {}
 
     def _iterate(self, split: str, shuffle_seed: int | None) -> Iterator[Batch]:
+        if isinstance(self.splits[split], MaterializedDataset):
+            if split not in self._cached:
+                self._cached[split] = CachedSplit(self.splits[split])
+            yield from self._cached[split].batches(self.batch_size, shuffle_seed, self.device)
+            return
         rows = self.splits[split].iter_torch_batches(
             batch_size=self.batch_size,
             local_shuffle_buffer_size=self.shuffle_buffer if shuffle_seed is not None else None,
@@ -134,16 +148,47 @@ class RayDataSource:
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         """A split in stored order, unshuffled. For "train": this worker's share, every row exactly
-        once across workers (the rows whose index % world_size == rank), not augmented."""
+        once across workers (under Ray Train, "train_all" holds only this worker's rows), not augmented."""
         if split != "train":
             return self._iterate(split, shuffle_seed=None)
-        whole = "train_all" if "train_all" in self.splits else "train"
-        if self.world_size == 1:
-            return self._iterate(whole, shuffle_seed=None)
-        return self._own_share(self._iterate(whole, shuffle_seed=None))
+        return self._iterate("train_all" if "train_all" in self.splits else "train", shuffle_seed=None)
 
-    def _own_share(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        for b in batches:
-            keep = b.index % self.world_size == self.rank
-            if keep.any():
-                yield Batch(audio=b.audio[keep], frames=b.frames[keep], label=b.label[keep], index=b.index[keep])
+
+class CachedSplit:
+    """A materialized split's blocks as tensors in this process. Every trial `ray.get`s the same block
+    objects, which the driver put in the object store once (tests/test_scale.py); a batch gathers
+    its rows from the blocks."""
+
+    def __init__(self, dataset: MaterializedDataset):
+        self.blocks = []
+        with warnings.catch_warnings():  # the mapped blocks are read-only; batches are gathered copies
+            warnings.simplefilter("ignore", UserWarning)
+            for bundle in dataset.iter_internal_ref_bundles():
+                for ref in bundle.block_refs:
+                    columns = BlockAccessor.for_block(ray.get(ref)).to_numpy(["audio", "frames", "label", "index"])
+                    if len(columns["label"]):
+                        self.blocks.append({k: torch.from_numpy(np.asarray(v)) for k, v in columns.items()})
+        sizes = torch.tensor([len(b["label"]) for b in self.blocks])
+        self.starts = torch.cumsum(sizes, 0) - sizes
+        self.rows = int(sizes.sum())
+
+    def batches(self, batch_size: int, shuffle_seed: int | None, device: torch.device) -> Iterator[Batch]:
+        """Batches in stored order, or in an order drawn from `shuffle_seed` (the same for the same seed)."""
+        order = (torch.randperm(self.rows, generator=torch.Generator().manual_seed(shuffle_seed))
+                 if shuffle_seed is not None else torch.arange(self.rows))
+        for start in range(0, self.rows, batch_size):
+            rows = order[start:start + batch_size]
+            block = torch.searchsorted(self.starts, rows, right=True) - 1
+            parts = {key: torch.empty((len(rows), *self.blocks[0][key].shape[1:]), dtype=self.blocks[0][key].dtype)
+                     for key in self.blocks[0]}
+            for b in block.unique().tolist():
+                picked = (block == b).nonzero().squeeze(1)
+                for key, out in parts.items():
+                    out[picked] = self.blocks[b][key][rows[picked] - self.starts[b]]
+            yield Batch(**{key: t.to(device, non_blocking=True) for key, t in parts.items()})
+
+
+def own_share(dataset: ray.data.Dataset, rank: int, world_size: int) -> ray.data.Dataset:
+    """The rows of `dataset` whose index % world_size == rank: a filter in the plan, so a worker reads
+    only its own rows, and every row belongs to exactly one worker."""
+    return dataset.filter(expr=(col("index") % world_size) == rank, num_cpus=DATA_TASK_CPUS)

@@ -44,8 +44,9 @@ def decode_audio(column, spec: AudioSpec) -> np.ndarray:
     return flat.reshape((len(column), *spec.shape)).astype(np.float32)
 
 
-def decode_frames(column, spec: FramesSpec) -> np.ndarray:
-    """A column of per-clip frame lists -> (B, T, C, H, W) float32, normalised."""
+def decode_pixels(column, spec: FramesSpec) -> np.ndarray:
+    """A column of per-clip frame lists -> (B, T, C, H, W) uint8, what the pipeline carries (the model
+    normalises on its device: mmray/models/model.py, FrameEncoder)."""
     batch = np.empty((len(column), spec.count, spec.height, spec.width, spec.channels), dtype=np.uint8)
     for i, frames in enumerate(column):
         for t, blob in enumerate(frames):
@@ -53,9 +54,13 @@ def decode_frames(column, spec: FramesSpec) -> np.ndarray:
                 batch[i, t] = np.frombuffer(blob, dtype=np.uint8).reshape(spec.height, spec.width, spec.channels)
             else:
                 batch[i, t] = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
-    pixels = batch.astype(np.float32) / 255.0
-    pixels = (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(0, 1, 4, 2, 3))
+    return np.ascontiguousarray(batch.transpose(0, 1, 4, 2, 3))
+
+
+def decode_frames(column, spec: FramesSpec) -> np.ndarray:
+    """A column of per-clip frame lists -> (B, T, C, H, W) float32, normalised as the model does it."""
+    pixels = decode_pixels(column, spec).astype(np.float32) / 255.0
+    return (pixels - np.asarray(spec.mean, np.float32)[:, None, None]) / np.asarray(spec.std, np.float32)[:, None, None]
 
 
 class Decode:
@@ -68,7 +73,7 @@ class Decode:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {
             "audio": decode_audio(batch["audio"], self.audio_spec),
-            "frames": decode_frames(batch["frames"], self.frames_spec),
+            "frames": decode_pixels(batch["frames"], self.frames_spec),
             "label": batch["label"].astype(np.int64),
             "index": batch["index"].astype(np.int64),
         }

@@ -16,7 +16,7 @@ import torch
 @dataclass
 class Batch:
     audio: torch.Tensor  # (B, C, F, T)
-    frames: torch.Tensor  # (B, T, C, H, W)
+    frames: torch.Tensor  # (B, T, C, H, W) uint8 pixels; the model normalises them
     label: torch.Tensor  # (B,)
     index: torch.Tensor  # (B,) sample index within the split
 

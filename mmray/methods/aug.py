@@ -122,6 +122,7 @@ class BoostedHeads(nn.Module):
 class AUG(Method):
     name = "aug"
     Params = AUGParams
+    leaves_parameters_unused = True  # heads not yet switched on get no gradient
 
     def __init__(self, params: AUGParams, ctx):
         super().__init__(params, ctx)
@@ -129,8 +130,8 @@ class AUG(Method):
         self.alpha = 0.5 if params.alpha is None else params.alpha
         self.pending: str | None = None  # the modality whose new head switches on at the next epoch
         self.history: list[dict] = []  # per epoch: heads and scores, for the plot
-        self._score_sum = torch.zeros(len(MODALITIES), dtype=torch.float64)
-        self._score_count = 0
+        # This epoch's summed scores and sample count, on the device: read once, at the epoch's end.
+        self._score_sum = torch.zeros(len(MODALITIES) + 1, dtype=torch.float64, device=ctx.world.device)
 
     @classmethod
     def check_config(cls, params: AUGParams, epochs: int) -> None:
@@ -148,22 +149,20 @@ class AUG(Method):
             self.boosted.add(self.pending)
             self.pending = None
         self._score_sum.zero_()
-        self._score_count = 0
         return {}
 
     def loss(self, out, extras, batch, epoch):
         y = batch.label
         with torch.no_grad():
             for k, m in enumerate(MODALITIES):
-                self._score_sum[k] += extras[m].sum(0).softmax(1).gather(1, y[:, None]).sum().item()
-        self._score_count += y.numel()
+                self._score_sum[k] += extras[m].sum(0).softmax(1).gather(1, y[:, None]).sum().double()
+            self._score_sum[-1] += y.numel()
         return sum(boosting_loss(extras[m], y, self.params.boost_rate) for m in MODALITIES)
 
     def on_epoch_end(self, epoch: int, network: nn.Module) -> dict[str, float]:
         p, world = self.params, self.ctx.world
         # Every rank sees the same scores, so every rank makes the same decision.
-        totals = world.all_reduce_sum(torch.cat([self._score_sum, torch.tensor([float(self._score_count)],
-                                                                               dtype=torch.float64)]))
+        totals = world.all_reduce_sum(self._score_sum)
         scores = dict(zip(MODALITIES, (totals[:2] / totals[2].clamp(min=1)).tolist()))
         metrics = {f"aug/heads_{m}": float(self.boosted.count(m)) for m in MODALITIES}
         metrics.update({f"aug/score_{m}": scores[m] for m in MODALITIES})

@@ -73,6 +73,9 @@ class MethodContext:
 class Method:
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
+    # True for a method whose parameters may get no gradient in a step (a head not yet switched on):
+    # DDP must then look for unused parameters, which costs a graph traversal every step.
+    leaves_parameters_unused: ClassVar[bool] = False
 
     def __init__(self, params, ctx: MethodContext):
         self.params = params

@@ -75,7 +75,8 @@ class Decision(Method):
 
     def __init__(self, params: DecisionParams, ctx):
         super().__init__(params, ctx)
-        self.tally = torch.zeros(3, dtype=torch.float64)  # sum w_a, sum w_v, samples (this epoch, this worker)
+        # sum w_a, sum w_v, samples (this epoch, this worker), on the device: read once, at the epoch's end.
+        self.tally = torch.zeros(3, dtype=torch.float64, device=ctx.world.device)
 
     def heads(self) -> nn.Module:
         p = self.params
@@ -88,7 +89,8 @@ class Decision(Method):
             loss = loss + p.unimodal_weight * (F.cross_entropy(out.audio, y) + F.cross_entropy(out.visual, y))
         if p.weight_reg:
             loss = loss + p.weight_reg * ((w - 1) ** 2).sum(1).mean()
-        self.tally += torch.tensor([*w.detach().sum(0).tolist(), len(y)], dtype=torch.float64)
+        self.tally[:2] += w.detach().sum(0).double()
+        self.tally[2] += len(y)
         return loss
 
     def on_epoch_start(self, epoch, network):
@@ -98,7 +100,7 @@ class Decision(Method):
     def on_epoch_end(self, epoch, network):
         """The mean weights over this epoch's training samples, over all workers."""
         world = self.ctx.world
-        w_a, w_v, n = world.all_reduce_sum(self.tally.to(world.device)).tolist()
+        w_a, w_v, n = world.all_reduce_sum(self.tally).tolist()
         return {"decision/w_audio": w_a / max(n, 1), "decision/w_visual": w_v / max(n, 1)}
 
     def predict(self, out, extras):

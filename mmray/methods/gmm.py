@@ -169,6 +169,7 @@ class GMM(Method):
         self.last_gaps: np.ndarray | None = None  # the last fit's gaps in index order, for diagnostics
         self.keep: torch.Tensor | None = None  # purification: 1.0 for kept train samples, by index
         self._corrupted: np.ndarray | None = None
+        self._device_tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (host table, its copy)
         # With purify_epochs > 0 the run ends with that many purification epochs (the search option):
         # refit once, drop samples with P(balanced) <= purify_threshold, plain CE on the rest at
         # purify_lr_factor x the learning rate, BatchNorm statistics frozen (so dropped samples,
@@ -222,7 +223,7 @@ class GMM(Method):
         ce_unimodal = (F.cross_entropy(extras["audio"], y, reduction="none")
                        + F.cross_entropy(extras["visual"], y, reduction="none"))
         if self.purifying(epoch):
-            keep = self.keep[batch.index.cpu()].to(y.device)
+            keep = self._on_device("keep", y.device)[batch.index]
             # The mean over the kept samples of this step on all workers (DDP averages the gradients
             # over workers, so each divides by the global kept count over the world size).
             world = self.ctx.world
@@ -230,13 +231,22 @@ class GMM(Method):
             return (keep * (ce_fused + ce_unimodal)).sum() / kept_per_worker.clamp(min=1.0 / world.size)
         if epoch < p.warmup_epochs:
             return (ce_fused + ce_unimodal).mean()
-        r = self.posteriors[batch.index.cpu()].to(y.device)
+        r = self._on_device("posteriors", y.device)[batch.index]
         g = modality_gap(extras, y, p.stopgrad_strong)
         mu_b, sigma_b = self.mixture.mu_b, self.mixture.sigma_b
         per_sample = ((1 + p.beta * (1 - r)) * ce_fused + ce_unimodal
                       + p.lambda1 * (1 + p.alpha * r) * g.abs()
                       + p.lambda2 * r * (g - mu_b) ** 2 / (2 * sigma_b ** 2))
         return per_sample.mean()
+
+    def _on_device(self, name: str, device: torch.device) -> torch.Tensor:
+        """The per-index table `name` (posteriors, keep), copied to the device once per refit, so a step
+        looks its batch up there without moving the batch's indices to the host."""
+        table = getattr(self, name)
+        cached = self._device_tables.get(name)
+        if cached is None or cached[0] is not table:
+            cached = self._device_tables[name] = (table, table.to(device))
+        return cached[1]
 
     def lr_factor(self, epoch: int) -> float:
         return self.params.purify_lr_factor if self.purifying(epoch) else 1.0

@@ -44,6 +44,8 @@ def late_fusion(audio: torch.Tensor, visual: torch.Tensor, average: str) -> torc
 @register_method
 class LateFusion(Method):
     name = "late-fusion"
+    # Not reviewed for DDP's unused-parameter search yet: kept as before this option existed.
+    leaves_parameters_unused = True
     Params = LateFusionParams
 
     def heads(self) -> nn.Module:

@@ -68,6 +68,8 @@ class SharedHead(nn.Module):
 @register_method
 class MLA(Method):
     name = "mla"
+    # Not reviewed for DDP's unused-parameter search yet: kept as before this option existed.
+    leaves_parameters_unused = True
     Params = MLAParams
 
     def __init__(self, params: MLAParams, ctx):

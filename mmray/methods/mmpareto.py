@@ -68,6 +68,8 @@ def _unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tenso
 @register_method
 class MMPareto(Method):
     name = "mmpareto"
+    # Not reviewed for DDP's unused-parameter search yet: kept as before this option existed.
+    leaves_parameters_unused = True
     Params = MMParetoParams
 
     def __init__(self, params: MMParetoParams, ctx):

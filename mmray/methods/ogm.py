@@ -8,8 +8,9 @@ modulation_starts <= epoch < modulation_ends (0-based; None: to the end of the r
 
 Under DDP the gradients are already averaged when `after_backward` runs, so every worker must
 scale them by the same k and add the same noise: the shares are summed over all workers' batches
-(one all-reduce of two numbers per step), and the noise comes from a generator seeded by
-(run seed, epoch, step), not from the global RNG.
+(one all-reduce of two numbers per step), and the noise comes from a generator on the device seeded
+by (run seed, epoch, step), not from the global RNG. Nothing is read back to the host per step: the
+coefficients stay tensors, and the noise is drawn for both encoders and kept where k < 1.
 """
 
 from __future__ import annotations
@@ -39,27 +40,35 @@ class OGMParams:
                 self.modulation_ends, f"must be above modulation_starts ({self.modulation_starts})")
 
 
+def modulation_coefficients(shares: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(k_a, k_v) from the shares (s_a, s_v), as a tensor on their device: 1 - tanh(alpha (rho - 1)) for
+    the dominant modality, 1 for the other."""
+    s_a, s_v = shares.double().unbind()
+    rho_a = s_a / s_v.clamp(min=1e-12)
+    rho_v = 1.0 / rho_a.clamp(min=1e-12)
+    one = torch.ones_like(rho_a)
+    return torch.stack([torch.where(rho_a > 1, 1.0 - torch.tanh(alpha * (rho_a - 1.0)), one),
+                        torch.where(rho_a < 1, 1.0 - torch.tanh(alpha * (rho_v - 1.0)), one)])
+
+
 def ogm_coefficients(s_a: float, s_v: float, alpha: float) -> tuple[float, float]:
-    """(k_a, k_v): 1 - tanh(alpha (rho - 1)) for the dominant modality, 1 for the other."""
-    rho_a = s_a / max(s_v, 1e-12)
-    if rho_a > 1:
-        return 1.0 - math.tanh(alpha * (rho_a - 1.0)), 1.0
-    if rho_a < 1:
-        return 1.0, 1.0 - math.tanh(alpha * (1.0 / max(rho_a, 1e-12) - 1.0))
-    return 1.0, 1.0
+    """`modulation_coefficients` of two numbers, as numbers."""
+    k_a, k_v = modulation_coefficients(torch.tensor([s_a, s_v], dtype=torch.float64), alpha).tolist()
+    return k_a, k_v
 
 
-def modulate(parameters, k: float, generator: torch.Generator | None) -> None:
-    """grad <- k * grad (+ N(0, std(grad)^2) noise drawn from `generator`, the GE step)."""
+def modulate(parameters, k: torch.Tensor, generator: torch.Generator | None) -> None:
+    """grad <- k * grad (+ N(0, std(grad)^2) noise drawn from `generator`, the GE step, where k < 1)."""
     for p in parameters:
         if p.grad is None:
             continue
         g = p.grad
         std = g.std(unbiased=False) if generator is not None else None
-        g.mul_(k)
+        g.mul_(k.to(g.dtype))
         if generator is not None:
-            # Drawn on the CPU: the same numbers on every worker whatever its device.
-            g.add_(torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device) * std)
+            # Drawn on the gradient's device; every worker holds the same generator, so the same noise.
+            noise = torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+            g.add_(noise * (std * (k < 1.0)).to(g.dtype))
 
 
 @register_method
@@ -82,8 +91,9 @@ class OGM(Method):
 
     def _reset_tally(self) -> None:
         self.step = 0
-        # Over this epoch's steps: sum k_a, sum k_v, steps modulating audio, steps modulating vision, sum log rho_a.
-        self.tally = torch.zeros(5, dtype=torch.float64)
+        # Over this epoch's steps: sum k_a, sum k_v, steps modulating audio, steps modulating vision,
+        # sum log rho_a; on the device, read once at the epoch's end.
+        self.tally = torch.zeros(5, dtype=torch.float64, device=self.ctx.world.device)
 
     def on_epoch_start(self, epoch, network):
         self._reset_tally()
@@ -92,20 +102,22 @@ class OGM(Method):
     def _generator(self, epoch: int) -> torch.Generator:
         # (run seed, epoch, step) names the step alike on every worker and on resume.
         seed = (self.ctx.seed * 1_000_003 + epoch) * 1_000_003 + self.step
-        return torch.Generator().manual_seed(seed % (2**63))
+        return torch.Generator(device=self.ctx.world.device).manual_seed(seed % (2**63))
 
     def after_backward(self, network: nn.Module, out, extras, batch, epoch: int) -> None:
         with torch.no_grad():
             y = batch.label[:, None]
             local = torch.stack([out.audio.softmax(1).gather(1, y).sum(), out.visual.softmax(1).gather(1, y).sum()])
-        s_a, s_v = self.ctx.world.all_reduce_sum(local.double()).tolist()
-        k_a, k_v = ogm_coefficients(s_a, s_v, self.params.alpha) if self.active(epoch) else (1.0, 1.0)
-        model = network.model
-        for encoder, k in ((model.audio_encoder, k_a), (model.visual_encoder, k_v)):
-            if k < 1.0:
-                modulate(encoder.parameters(), k, self._generator(epoch) if self.params.ge else None)
-        self.tally += torch.tensor([k_a, k_v, k_a < 1.0, k_v < 1.0, math.log(max(s_a, 1e-12) / max(s_v, 1e-12))],
-                                   dtype=torch.float64)
+        shares = self.ctx.world.all_reduce_sum(local.double())
+        if not self.active(epoch):
+            k = torch.ones(2, dtype=torch.float64, device=shares.device)
+        else:
+            k = modulation_coefficients(shares, self.params.alpha)
+            model = network.model
+            for encoder, k_m in ((model.audio_encoder, k[0]), (model.visual_encoder, k[1])):
+                modulate(encoder.parameters(), k_m, self._generator(epoch) if self.params.ge else None)
+        log_rho = shares.clamp(min=1e-12).log()
+        self.tally += torch.cat([k, (k < 1.0).double(), (log_rho[0] - log_rho[1])[None]])
         self.step += 1
 
     def on_epoch_end(self, epoch, network):

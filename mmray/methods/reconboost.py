@@ -87,6 +87,8 @@ class BoostHead(nn.Module):
 @register_method
 class ReconBoost(Method):
     name = "reconboost"
+    # Not reviewed for DDP's unused-parameter search yet: kept as before this option existed.
+    leaves_parameters_unused = True
     Params = ReconBoostParams
 
     def __init__(self, params: ReconBoostParams, ctx):

@@ -9,19 +9,23 @@ from mmray.data.manifest import Manifest
 from mmray.models.registry import Encoders, register_backbone
 
 
-def _small_cnn(in_channels: int, width: int) -> nn.Module:
-    """Three conv blocks and global pooling: (B, C, H, W) -> (B, 2 * width)."""
+def _small_cnn(in_channels: int, width: int, grid: int = 1) -> nn.Module:
+    """Three conv blocks, then (B, C, H, W) -> (B, 2 * width): global average pooling (grid 1), or a
+    grid x grid average map, flattened and projected, which keeps where a pattern sits (in time and
+    frequency, for a spectrogram)."""
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
-    return nn.Sequential(
-        block(in_channels, width // 2), block(width // 2, width), block(width, 2 * width),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
+    layers = [block(in_channels, width // 2), block(width // 2, width), block(width, 2 * width),
+              nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
+    if grid > 1:
+        layers.append(nn.Linear(2 * width * grid * grid, 2 * width))
+    return nn.Sequential(*layers)
 
 
 @register_backbone("small-cnn")
-def small_cnn(manifest: Manifest, width: int) -> Encoders:
-    audio = _small_cnn(manifest.audio.shape[0], width)
+def small_cnn(manifest: Manifest, width: int, audio_grid: int = 1) -> Encoders:
+    """`audio_grid`: the audio encoder's pooled map side (1: global pooling)."""
+    audio = _small_cnn(manifest.audio.shape[0], width, audio_grid)
     visual = _small_cnn(manifest.frames.channels, width)
     return Encoders(audio, visual, 2 * width, 2 * width)
 

@@ -50,4 +50,4 @@ def build_model(backbone: str, fusion: str, manifest: Manifest, **options) -> nn
     takes = inspect.signature(make).parameters
     enc = make(manifest, **{key: value for key, value in options.items() if key in takes})
     head = FUSIONS[fusion](enc.audio_dim, enc.visual_dim, manifest.num_classes)
-    return AVModel(enc.audio, enc.visual, head, enc.audio_dim, enc.visual_dim)
+    return AVModel(enc.audio, enc.visual, head, enc.audio_dim, enc.visual_dim, manifest.frames.mean, manifest.frames.std)

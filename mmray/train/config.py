@@ -30,6 +30,7 @@ class TrainConfig:
     model: str = "small-cnn"
     fusion: Literal["concat", "sum"] = "concat"
     width: int = 32  # channel width of the small CNN encoders
+    audio_grid: int = 1  # small-cnn: side of the audio map kept before the projection (1: global pooling)
     epochs: int = 8
     batch_size: int = 64
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -39,6 +40,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     seed: int = 0
     shuffle_buffer: int = 1024
+    # GPU speed settings, no effect on what is computed beyond rounding: bf16 autocast of the forward
+    # pass and loss (on a GPU; on CPU the run stays fp32), and channels-last convolutions.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
     method_params: Any = field(default=None)  # the method's Params dataclass, filled by from_flat
 
     @classmethod
@@ -58,7 +63,7 @@ class TrainConfig:
                                 f"nor a hyperparameter of method {method_cls.name!r} ({', '.join(method_keys) or 'none'})")
         cfg = build(cls, {k: v for k, v in values.items() if k in general}, where)
         cfg.method_params = build(method_cls.Params, method_values, where)
-        for name in ("epochs", "batch_size", "width", "shuffle_buffer"):
+        for name in ("epochs", "batch_size", "width", "shuffle_buffer", "audio_grid"):
             if getattr(cfg, name) < 1:
                 raise UserError(f"{where}.{name}: {getattr(cfg, name)} must be at least 1")
         for ok, key, rule in [

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mmray.data.manifest import load_manifest
-from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits
+from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits, own_share
 from mmray.errors import UserError
 from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
@@ -99,6 +99,8 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     resources = settings.resources
+    whole = datasets.get("train_all", datasets["train"])  # load_splits' un-augmented train_all, if any
+    shares = {f"train_all_{rank}": own_share(whole, rank, resources.workers) for rank in range(resources.workers)}
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": config, "threads": resources.torch_threads,
@@ -106,8 +108,9 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker),
             resources_per_worker=resources.worker_bundle()),
-        datasets={"train_all": datasets["train"], **datasets},  # load_splits' un-augmented train_all wins
-        # Each worker streams its own part of train; every worker sees all of validation.
+        datasets={"train": datasets["train"], "val": datasets["val"], **shares},
+        # Each worker streams its own part of train; every worker sees all of validation; worker r
+        # sweeps train_all_r, its own rows of train (gmm refits, aug's alpha).
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             # A name fixed by the trial id: a retried or resumed trial finds its Train run again.
@@ -132,8 +135,9 @@ def train_worker(loop_config: dict) -> None:
     cfg = TrainConfig.from_flat(loop_config["config"])
     manifest = load_manifest(cfg.data_dir, verify=False)
     world = World.current(ray.train.torch.get_device())
-    data = RayDataSource({name: ray.train.get_dataset_shard(name) for name in ("train", "train_all", "val")},
-                         cfg.batch_size, cfg.seed, world.device, cfg.shuffle_buffer, world.rank, world.size)
+    shards = {"train": "train", "train_all": f"train_all_{world.rank}", "val": "val"}
+    data = RayDataSource({name: ray.train.get_dataset_shard(shard) for name, shard in shards.items()},
+                         cfg.batch_size, cfg.seed, world.device, cfg.shuffle_buffer)
     # Rank 0's metrics and state are the run's (as Tune sees them); the others only report, a barrier.
     report = checkpointing_report(ray.train.report, ray.train.Checkpoint, TrialGauges(**loop_config["gauge_tags"]),
                                   saves=world.is_main)

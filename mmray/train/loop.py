@@ -9,6 +9,7 @@ calls `report` the same number of times, because under Ray Train it is a barrier
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable
@@ -49,7 +50,7 @@ class Network(nn.Module):
 def build_method_and_network(cfg: TrainConfig, manifest: Manifest, data: DataSource, world: World) -> tuple[Method, Network]:
     """The method and the network it trains, on CPU; identical on every worker and every rerun."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.fusion, manifest, width=cfg.width)
+    model = build_model(cfg.model, cfg.fusion, manifest, width=cfg.width, audio_grid=cfg.audio_grid)
     ctx = MethodContext(manifest, cfg.data_dir, cfg.epochs, world, data,
                         feature_dims=(model.audio_dim, model.visual_dim), seed=cfg.seed)
     method = get_method(cfg.method)(cfg.method_params, ctx)
@@ -73,25 +74,27 @@ def build_optimizer(cfg: TrainConfig, params, lr: float | None = None) -> torch.
 def evaluate(network: nn.Module, method: Method, batches, num_classes: int, prefix: str) -> dict[str, float]:
     """Accuracy and macro-F1 of the fused and per-modality predictions, and the mean modality gap."""
     network.eval()
-    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long) for k in HEADS}
-    gap_sum, n = 0.0, 0
+    # Accumulated on the network's device and read once at the end: no host sync per batch.
+    device = next(network.parameters()).device
+    conf = {k: torch.zeros(num_classes, num_classes, dtype=torch.long, device=device) for k in HEADS}
+    gap_sum, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in batches:
         out, extras = network(batch.audio, batch.frames)
-        label = batch.label.cpu()
         logits = method.predict(out, extras)
         for key, z in logits.items():
-            conf[key] += confusion(z.argmax(1).cpu(), label, num_classes)
+            conf[key] += confusion(z.argmax(1), batch.label, num_classes)
         # Modality gap g = p_a(y) - p_v(y) from the two per-modality predictions the method makes.
-        p_a = logits["audio"].softmax(1).gather(1, batch.label[:, None]).squeeze(1)
-        p_v = logits["visual"].softmax(1).gather(1, batch.label[:, None]).squeeze(1)
-        gap_sum += (p_a - p_v).sum().item()
-        n += label.numel()
+        p_a = logits["audio"].float().softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        p_v = logits["visual"].float().softmax(1).gather(1, batch.label[:, None]).squeeze(1)
+        gap_sum += (p_a - p_v).sum().double()
+        n += len(batch.label)
     network.train()
+    conf = {k: c.cpu() for k, c in conf.items()}
     metrics = {}
     for head, c in conf.items():
         for kind, score in SCORES.items():
             metrics[metric_name(prefix, kind, head)] = score(c)
-    metrics[metric_name(prefix, "gap")] = gap_sum / max(n, 1)
+    metrics[metric_name(prefix, "gap")] = gap_sum.item() / max(n, 1)
     return metrics
 
 
@@ -106,7 +109,12 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
     if init_network is not None:
         network.load_state_dict(init_network)
     network = network.to(world.device)
-    wrapped = world.wrap(network)
+    if cfg.channels_last:  # NHWC convolutions: faster on GPUs with tensor cores
+        network = network.to(memory_format=torch.channels_last)
+    wrapped = world.wrap(network, method.leaves_parameters_unused)
+    # bf16 autocast for the forward pass and the loss, on a GPU only (on CPU it is slower): see TrainConfig.precision.
+    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16,
+                              enabled=cfg.precision == "bf16" and world.device.type == "cuda")
     optimizer = build_optimizer(cfg, network.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, method, epoch))
 
@@ -128,8 +136,11 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
         started = time.perf_counter()
         loss_sum, steps = torch.zeros((), dtype=torch.float64, device=world.device), 0
         for index, batch in enumerate(data.train_batches(epoch)):
-            loss = method.train_step(TrainStep(network, wrapped, optimizer, make_optimizer, world, batch,
-                                               epoch, index, batches))
+            if cfg.channels_last:
+                batch = dataclasses.replace(batch, audio=batch.audio.contiguous(memory_format=torch.channels_last))
+            with autocast:
+                loss = method.train_step(TrainStep(network, wrapped, optimizer, make_optimizer, world, batch,
+                                                   epoch, index, batches))
             loss_sum += loss  # summed on the device: no host sync per step
             steps += 1
         # Checked once per epoch, over all workers so that every rank stops alike (NaN and inf
