@@ -90,8 +90,10 @@ class Plan:
         return plan
 
     def method_spaces(self) -> dict[str, SearchSpace]:
-        """Every method's search space under this plan (all checked before anything runs)."""
-        return {method: method_space(self, method) for method in self.methods}
+        """Every method's search space under this plan (all checked before anything runs; a missing
+        space is reported before an inconsistent one)."""
+        files = {method: space_file(self, method) for method in self.methods}
+        return {method: method_space(self, method, path) for method, path in files.items()}
 
 
 TOP_LEVEL = tuple(f.name for f in fields(Plan) if f.name != "source")
@@ -188,9 +190,9 @@ def space_file(plan: Plan, method: str) -> Path:
                     f"(no {per_dataset.name} in {SPACES_DIR}); write one, or name one under spaces.{method}")
 
 
-def method_space(plan: Plan, method: str) -> SearchSpace:
-    """`method`'s search space under `plan`: its own hyperparameters, the plan's protocol, budget and seeds."""
-    path = space_file(plan, method)
+def method_space(plan: Plan, method: str, path: Path) -> SearchSpace:
+    """`method`'s search space under `plan` (from the file `path`): its own hyperparameters, the plan's
+    protocol, budget and seeds."""
     raw = yaml.safe_load(path.read_text()) or {}
     own = parse_space(raw, path)  # the space as shipped must be valid on its own (errors name it)
     if own.method != method:
