@@ -18,6 +18,7 @@ from mmray.compare.plan import load_plan
 from mmray.compare.run import RUN_JSON
 from mmray.train.checkpoint import BEST_JSON
 from mmray.tune.results import SUMMARY_CSV
+from mmray.tune.space import SPACES_DIR
 
 PLAN = {
     "dataset": "synthetic-av", "methods": ["joint", "ogm"], "metric": "val/fused_acc", "mode": "max", "seed": 0,
@@ -30,8 +31,12 @@ PLAN = {
 
 
 def _plan(tmp_path: Path, name: str = "small", **changes) -> Path:
+    """The plan, with ogm's space (a path relative to the plan) fitted to its 2 epochs."""
+    ogm = yaml.safe_load((SPACES_DIR / "ogm.yaml").read_text())
+    ogm["params"]["modulation_starts"]["high"] = 1
+    (tmp_path / "ogm-2-epochs.yaml").write_text(yaml.safe_dump(ogm))
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**PLAN, **changes}))
+    path.write_text(yaml.safe_dump({**PLAN, "spaces": {"ogm": "ogm-2-epochs.yaml"}, **changes}))
     return path
 
 
@@ -43,13 +48,15 @@ def ray_never_starts(monkeypatch):
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"methods": ["joint", "no-such-method"]}, "unknown method"),
-    ({"dataset": "cremad", "methods": ["joint", "decision"]}, "no search space for dataset 'cremad'"),
+    ({"methods": ["joint", "no-such-method"], "spaces": {}}, "unknown method"),
+    ({"dataset": "cremad", "methods": ["joint", "decision"], "spaces": {}}, "no search space for dataset 'cremad'"),
     ({"shared": {**PLAN["shared"], "model": "resnet18"}}, "inconsistent shared settings: joint.yaml fixes model"),
     ({"shared": {k: v for k, v in PLAN["shared"].items() if k != "width"}},
      "inconsistent shared settings: joint.yaml searches width"),
     ({"shared": {**PLAN["shared"], "alpha": 0.5}}, "shared.alpha: not a training setting"),
-], ids=["unknown-method", "no-space-for-dataset", "fixed-differently", "not-settled", "method-param-shared"])
+    ({"spaces": {}}, "ogm.yaml: params.modulation_starts: its high 2 does not fit the plan"),
+], ids=["unknown-method", "no-space-for-dataset", "fixed-differently", "not-settled", "method-param-shared",
+        "range-beyond-epochs"])
 def test_bad_plan_exits_2_with_one_line_before_ray(ray_never_starts, tmp_path, capsys, changes, words):
     plan = _plan(tmp_path, **changes)
     code = cli.main(["compare", str(plan), "--storage", str(tmp_path / "out")])
@@ -144,6 +151,6 @@ def test_small_comparison_then_resume_without_rerunning(ray_local, tiny_syntheti
         assert (math.isnan(p) and math.isnan(d["p_value"])) or d["p_value"] == pytest.approx(p)
 
     md = (folder / report.COMPARISON_MD).read_text()
-    assert "ttest_rel" in md and "95% CI" in md and md.count("\n| ogm |") == 2
+    assert "ttest_rel" in md and "95% CI" in md and md.count("\n| ogm |") == 1 + 2  # its row, and its two paired rows
     assert f"{comparison['methods'][0]['mean']['test/fused_acc']:.4f} ±" in md
     assert (folder / report.COMPARISON_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
