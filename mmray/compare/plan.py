@@ -82,6 +82,8 @@ class Plan:
         """Command-line overrides (None: not given), re-checked like the file."""
         plan = replace(self, **{k: v for k, v in {"methods": methods, "dataset": dataset, "data_dir": data_dir,
                                                   "trials": trials, "name": name}.items() if v is not None})
+        if methods is not None:  # a space named for a method left out is not a typo here
+            plan = replace(plan, spaces={m: path for m, path in plan.spaces.items() if m in methods})
         if epochs is not None:
             plan = replace(plan, shared={**plan.shared, "epochs": epochs})
         if seeds is not None:
