@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import tempfile
 from pathlib import Path
@@ -23,25 +24,29 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="~/mmray_results",
                    help="with a URI --storage: local folder for the study, summaries and selected checkpoint, "
                         "copied to the bucket at the end (default: %(default)s)")
-    p.add_argument("--name", help="experiment name (default: the space's name)")
+    p.add_argument("--name", help="experiment name (default: the space's name and the time, e.g. gmm-20261203-104512; "
+                   "with --resume, the latest such experiment in --storage)")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
     p.add_argument("--confirm-top-k", type=int, help="retrain the K best configurations with further seeds (0: off)")
     p.add_argument("--confirm-seeds", type=int, help="how many further seeds each confirmed configuration gets")
     p.add_argument("--address", help="connect to a running Ray cluster (auto, or host:port)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --storage/--name")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted experiment --storage/--name (without --name: the space's latest)")
 
 
 def cmd_tune(args) -> int:
     from mmray.tune.search import run_search
-    from mmray.tune.storage import RunOptions, parse_storage
+    from mmray.tune.storage import RunOptions, fresh_name, latest_name, parse_storage
     from mmray.tune.space import load_space
 
     space = load_space(args.space).with_overrides(
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, epochs=args.epochs,
         dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
         confirm_top_k=args.confirm_top_k, confirm_seeds=args.confirm_seeds)
-    options = RunOptions(storage=parse_storage(args.storage), name=args.name or space.name,
-                         address=args.address, resume=args.resume, workdir=Path(args.workdir).expanduser().resolve())
+    storage = parse_storage(args.storage)
+    name = args.name or (latest_name(storage, space.name) if args.resume else fresh_name(space.name))
+    options = RunOptions(storage=storage, name=name, address=args.address, resume=args.resume,
+                         workdir=Path(args.workdir).expanduser().resolve())
     run_search(space, options)
     return 0
 
@@ -102,6 +107,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from mmray.config import parse_assignment
+    from mmray.data.registry import resolve_data_dir
     from mmray.train.config import TrainConfig
     from mmray.train.checkpoint import evaluate_checkpoint
     from mmray.train.launch import run_in_process, start_local_ray
@@ -111,6 +117,7 @@ def cmd_train(args) -> int:
     if args.epochs is not None:
         values["epochs"] = args.epochs
     cfg = TrainConfig.from_flat(values, where="command line")
+    resolve_data_dir(cfg.dataset, cfg.data_dir)  # a missing or bad data folder fails before Ray starts
     out = Path(args.out or tempfile.mkdtemp(prefix="mmray-train-"))
     start_local_ray(args.threads)
     _, best = run_in_process(cfg, out, threads=args.threads)
@@ -121,9 +128,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_purify(args) -> int:
+    from mmray.train.checkpoint import find_checkpoint
     from mmray.train.launch import start_local_ray
     from mmray.train.purify import purify
 
+    find_checkpoint(args.checkpoint)  # bad input fails before Ray starts
     start_local_ray(args.threads)
     summary = purify(args.checkpoint, threshold=args.threshold, epochs=args.epochs, lr_factor=args.lr_factor,
                      threads=args.threads)
@@ -266,6 +275,12 @@ def run_command(fn, args) -> int:
         return fn(args)
     except UserError as e:
         print(f"mmray: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full disk or a read-only or forbidden folder met while writing: the user's to fix, named in one line.
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"mmray: error: {e.filename or 'writing'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmray: interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -38,6 +39,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: {value!r} is not a number")
+        if not math.isfinite(value):  # no setting means anything by NaN or inf; they would reach Ray
+            raise UserError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

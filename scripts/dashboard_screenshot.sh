@@ -9,10 +9,16 @@ venv="$PWD/.venv"
 out="$(realpath -m "${1:-docs/dashboard.png}")"
 temp="$(mktemp -d /tmp/ray-shot-XXXX)"
 results="$(mktemp -d)"
-trap '"$venv/bin/ray" stop > /dev/null; rm -rf "$temp" "$results"' EXIT
-
-"$venv/bin/ray" start --head --temp-dir="$temp" --include-dashboard=true --dashboard-host=127.0.0.1 \
-  --dashboard-port=8265 --metrics-export-port=8080 --disable-usage-stats > /dev/null
+# Token authentication, as on a cluster: the head and this script's clients share ~/.ray/auth_token.
+export RAY_AUTH_MODE=token
+"$venv/bin/ray" get-auth-token --generate > /dev/null
+# --block: the head lives as long as this `ray start`, and stopping it (SIGTERM) stops only the Ray
+# processes it started; a bare `ray stop` would end every Ray on this machine.
+"$venv/bin/ray" start --head --block --temp-dir="$temp" --include-dashboard=true --dashboard-host=127.0.0.1 \
+  --dashboard-port=8265 --metrics-export-port=8080 --disable-usage-stats > /dev/null &
+head=$!
+trap 'kill "$head" 2> /dev/null && wait "$head"; rm -rf "$temp" "$results"' EXIT
+until curl -s -o /dev/null http://127.0.0.1:8265/; do kill -0 "$head"; sleep 1; done
 "$venv/bin/ray" job submit --no-wait --submission-id mmray-search --address http://127.0.0.1:8265 -- \
   "$venv/bin/python" -m mmray.tune --space gmm.yaml --num-samples 4 --epochs 4 --storage "$results" --address auto
 

@@ -14,9 +14,11 @@ name="cluster-$(date +%Y%m%d-%H%M%S)"
 ln -sfn "$venv" ~/.mmray-venv
 config="$(mktemp --suffix=.yaml)"
 sed "s/^  ssh_user: .*/  ssh_user: $(id -un)/" cluster/local.yaml > "$config"
-# `ray down` runs a bare `ray stop` on the node, which finds no `ray` on a PATH without the venv:
-# stop the head here as well (the node is this machine; run this when no other Ray runs here).
-trap '"$venv/bin/ray" down -y "$config"; "$venv/bin/ray" stop; rm -f "$config"' EXIT
+# `ray down` runs a bare `ray stop` on the node, which finds no `ray` on a PATH without the venv
+# (and would end every Ray here if it did): stop the processes of the head that `ray up` started,
+# which alone use the temp dir cluster/local.yaml gives it.
+temp=/tmp/ray-mmray-local
+trap '"$venv/bin/ray" down -y "$config"; pkill -TERM -f -- "$temp/" || true; rm -f "$config"' EXIT
 
 # Token authentication: the head starts with RAY_AUTH_MODE=token, and this script's clients use
 # the same token (~/.ray/auth_token, created on first use).

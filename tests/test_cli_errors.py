@@ -69,13 +69,30 @@ def _setup(case: str, d: Path) -> tuple[list[str], Path]:
     if case == "existing experiment":
         (d / "res" / "joint").mkdir(parents=True)
         (d / "res" / "joint" / "keep.txt").write_text("earlier results")
-        return ["--space", str(_space(d, VALID, name="joint.yaml"))], d / "res" / "joint"
+        return ["--space", str(_space(d, VALID, name="joint.yaml")), "--name", "joint"], d / "res" / "joint"
+    if case == "name leading out of the storage":
+        return ["--space", str(_space(d, VALID)), "--name", "../escaped"], Path("../escaped")
+    if case == "absolute name":
+        return ["--space", str(_space(d, VALID)), "--name", str(d / "elsewhere")], d / "elsewhere"
+    if case == "space name leading out of the storage":
+        return ["--space", str(_space(d, {**VALID, "name": "../escaped"}))], Path("../escaped")
+    if case == "storage is a file":
+        (d / "file").write_text("not a folder")
+        return ["--space", str(_space(d, VALID)), "--storage", str(d / "file")], d / "file"
+    if case == "storage under a file":
+        (d / "file").write_text("not a folder")
+        return ["--space", str(_space(d, VALID)), "--storage", str(d / "file" / "res")], d / "file"
+    if case == "NaN learning rate bound":
+        path = _space(d, {**VALID, "params": {"lr": {"type": "log-float", "low": 1.0e-4, "high": float("nan")}}})
+        return ["--space", str(path)], path
     raise ValueError(case)
 
 
 CASES = ["missing space file", "malformed YAML", "unknown method", "inverted range",
          "data dir without manifest", "data dir with a non-object manifest", "data dir missing",
-         "existing experiment"]
+         "existing experiment", "name leading out of the storage", "absolute name",
+         "space name leading out of the storage", "storage is a file", "storage under a file",
+         "NaN learning rate bound"]
 OWN_PROCESS = ["malformed YAML", "existing experiment"]  # also run as their own `python -m mmray.tune`
 
 # Runs each case through the real `python -m mmray.tune` entry module, one after another, in one process.
@@ -116,7 +133,8 @@ def _env(cache: Path) -> dict:
 def _make_case(tmp_path_factory, name: str) -> Case:
     d = tmp_path_factory.mktemp(name.replace(" ", "_"))
     args, named = _setup(name, d)
-    return Case(args=[*args, "--storage", str(d / "res")], named=named, storage=d / "res", cache=d / "cache")
+    storage = [] if "--storage" in args else ["--storage", str(d / "res")]
+    return Case(args=[*args, *storage], named=named, storage=d / "res", cache=d / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +196,97 @@ def test_bad_input_starts_no_ray_and_writes_nothing(results, key):
         assert (case.storage / "joint" / "keep.txt").read_text() == "earlier results"
     else:
         assert not case.storage.exists(), _files(case.storage)
+    assert not (case.storage.parent / "escaped").exists() and not (case.storage.parent / "elsewhere").exists()
+    if name.startswith("storage"):
+        assert (case.storage.parent / "file").read_text() == "not a folder"
 
 
 @pytest.mark.parametrize("name, words", [
     ("missing space file", "no such search space file"), ("malformed YAML", "malformed YAML"),
     ("unknown method", "no-such-method"), ("inverted range", "params.lr"), ("data dir without manifest", "no manifest"),
     ("data dir with a non-object manifest", "manifest"), ("data dir missing", "does not exist"),
-    ("existing experiment", "--resume"),
+    ("existing experiment", "--resume"), ("name leading out of the storage", "--name"),
+    ("absolute name", "single folder name"), ("storage is a file", "not a folder"),
+    ("storage under a file", "is a file"), ("NaN learning rate bound", "params.lr.high"),
 ])
 def test_error_line_says_what_is_wrong(results, name, words):
     assert words in results[("shared", name)].stderr
+
+
+# --- the other commands, in this process: every bad input is refused before Ray starts ---------------------------
+
+
+def _door_case(case: str, d: Path) -> tuple[list[str], str]:
+    """(mmray arguments, what the error line must name) for each case."""
+    raw = d / "raw"
+    raw.mkdir()
+    if case == "train with a missing data folder":
+        return ["train", "--data-dir", str(d / "nowhere")], str(d / "nowhere")
+    if case == "purify on a missing path":
+        return ["purify", str(d / "nowhere")], str(d / "nowhere")
+    if case == "diagnose on a truncated best.json":
+        (d / "exp").mkdir()
+        (d / "exp" / "best.json").write_text('{"checkpoint": "/some/whe')
+        return ["diagnose", str(d / "exp")], str(d / "exp" / "best.json")
+    if case == "purify on a truncated best.json":
+        (d / "exp").mkdir()
+        (d / "exp" / "best.json").write_text('{"check')
+        return ["purify", str(d / "exp")], str(d / "exp" / "best.json")
+    for flag in ("--rows-per-shard", "--hop", "--n-fft", "--image-size", "--fps"):
+        if case == f"prepare with {flag} 0":
+            return ["prepare", "cremad", "--root", str(raw), "--out", str(d / "out"), flag, "0"], f"{flag}: 0"
+    if case == "prepare onto an existing dataset":
+        (d / "out").mkdir()
+        (d / "out" / "manifest.json").write_text("{}")
+        return ["prepare", "cremad", "--root", str(raw), "--out", str(d / "out")], str(d / "out")
+    if case == "prepare into the current folder":
+        return ["prepare", "synthetic-av", "--out", "."], "current folder"
+    raise ValueError(case)
+
+
+DOOR_CASES = ["train with a missing data folder", "purify on a missing path", "diagnose on a truncated best.json",
+              "purify on a truncated best.json", *(f"prepare with {f} 0" for f in ("--rows-per-shard", "--hop",
+              "--n-fft", "--image-size", "--fps")), "prepare onto an existing dataset", "prepare into the current folder"]
+
+
+@pytest.mark.parametrize("case", DOOR_CASES)
+def test_other_commands_refuse_bad_input_at_the_door(tmp_path, monkeypatch, capsys, case):
+    import ray
+
+    from mmray.cli import main
+
+    ray.shutdown()
+    args, named = _door_case(case, tmp_path)
+    monkeypatch.chdir(tmp_path)  # holds raw/ (and more): not a place for a dataset
+    monkeypatch.setenv("MMRAY_CACHE", str(tmp_path / "cache"))
+    before = {str(p): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert main(args) == 2
+    assert not ray.is_initialized(), "Ray started before the input was checked"
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("mmray: error:") and named in err, err
+    after = {str(p): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert after == before, "a refused command changed files"
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_full_or_read_only_disk_is_one_line_naming_the_file(capsys, code):
+    import errno as errnos
+
+    from mmray.cli import run_command
+
+    def write(_args):
+        raise OSError(getattr(errnos, code), os.strerror(getattr(errnos, code)), "/data/out.partial/train/part-00003.parquet")
+
+    assert run_command(write, None) == 2
+    err = capsys.readouterr().err
+    assert err == f"mmray: error: /data/out.partial/train/part-00003.parquet: {os.strerror(getattr(errnos, code))}\n"
+
+
+def test_other_os_errors_keep_their_traceback():
+    from mmray.cli import run_command
+
+    def broken(_args):
+        raise ConnectionResetError("a bug, not bad input")
+
+    with pytest.raises(ConnectionResetError):
+        run_command(broken, None)

@@ -173,3 +173,33 @@ def test_metric_names_prometheus_accepts():
     # Numbers only: no flags, paths or undefined values.
     assert exported({"val/gap": -0.25, "epoch": 3, "checkpoint_path": "/x", "stopped": True,
                      "gmm/auroc_corrupted": float("nan")}) == {"mmray_val_gap": -0.25, "mmray_epoch": 3.0}
+
+
+def test_shared_mount_belongs_to_the_ray_user_not_to_everyone():
+    commands = " ".join(_load("gpu.yaml")["initialization_commands"])
+    assert "chmod 777" not in commands and "a+w" not in commands and "o+w" not in commands
+    assert "chown 1000:100 /mnt/mmray" in commands  # the rayproject images' `ray` user and its group
+    assert re.search(r"chmod 7[0-7][0-5] /mnt/mmray", commands), "no write permission for others"
+
+
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_scripts_stop_only_the_ray_they_started_and_use_token_auth(script):
+    text = script.read_text()
+    commands = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"ray\"? stop", commands), "a bare `ray stop` ends every Ray on the machine"
+    if re.search(r"ray\"? start", commands):
+        assert "export RAY_AUTH_MODE=token" in text and "get-auth-token --generate" in text
+        assert "--block" in text and 'kill "$head"' in text  # the head's own `ray start` is what is stopped
+    if "ray\" up" in text:
+        assert '"$venv/bin/ray" down -y "$config"' in text
+
+
+def test_local_cluster_does_not_stop_other_rays_on_this_machine():
+    commands = _load("local.yaml")["head_start_ray_commands"]
+    assert not any(re.search(r"ray stop", c) for c in commands)
+    (start,) = commands
+    assert "--temp-dir=/tmp/ray-mmray-local" in start
+    assert "pkill -TERM -f -- \"$temp/\"" in (ROOT / "scripts" / "ray_up_local.sh").read_text()

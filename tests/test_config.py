@@ -86,6 +86,9 @@ def test_literal_fields_accept_their_values(key, good):
 @pytest.mark.parametrize("values, key", [
     ({"epochs": 0}, "epochs"), ({"epochs": -3}, "epochs"), ({"batch_size": 0}, "batch_size"),
     ({"width": 0}, "width"), ({"lr": 0.0}, "lr"), ({"lr": -1e-3}, "lr"),
+    ({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"), ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"momentum": 1.0}, "momentum"), ({"width": 1025}, "width"), ({"seed": -1}, "seed"), ({"seed": 2**32}, "seed"),
+    ({"model": "no-such-net"}, "model"), ({"shuffle_buffer": 0}, "shuffle_buffer"),
 ])
 def test_out_of_range_values_are_rejected(values, key):
     with pytest.raises(UserError, match=key):
@@ -129,6 +132,7 @@ def test_coerce_accepts(value, annotation, expected):
 
 @pytest.mark.parametrize("value, annotation", [
     (None, int), ("3", int | None), (1, bool), ("c", Literal["a", "b"]), (None, str), ("1.0", float),
+    (float("nan"), float), (float("inf"), float), (-float("inf"), float | None), (float("nan"), int),
 ])
 def test_coerce_rejects(value, annotation):
     with pytest.raises(UserError, match="^w: "):

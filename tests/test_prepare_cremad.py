@@ -119,3 +119,25 @@ def test_killed_prepare_resumes_to_byte_identical_shards(no_ray, tmp_path):
 
     subprocess.run(_prepare_command(raw, out), check=True, env=env, timeout=300)
     assert _files(out) == _files(reference)
+
+
+@pytest.mark.parametrize("video", ["frames", "flv"])
+def test_clips_of_one_modality_only_are_named_without_split_lists(tmp_path, video):
+    import shutil
+
+    from mmray.data.prepare.cremad import CremadOptions, plan
+
+    raw = tmp_path / "CREMA-D"
+    expected = make_cremad(raw, actors=(1001, 1002), video=video, lists=False, image=16)
+    no_audio, no_visual = expected["names"][5], expected["names"][6]
+    (raw / "AudioWAV" / f"{no_audio}.wav").unlink()
+    if video == "frames":
+        shutil.rmtree(raw / "Image-01-FPS" / no_visual)
+    else:
+        (raw / "VideoFlash" / f"{no_visual}.flv").unlink()
+    result = plan(raw, CremadOptions(root=str(raw)), None)
+    skipped = {s["sample_id"]: s["reason"] for s in result.skipped}
+    assert skipped[no_audio].startswith("no audio file: missing file")
+    assert skipped[no_visual].startswith("no frames" if video == "frames" else "no video")
+    planned = {c.sample_id for c in result.clips}
+    assert planned | set(skipped) == set(expected["names"]) and not planned & set(skipped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,24 @@ def test_two_worker_ddp_trial_of_aug_adds_a_head(ray_local, tiny_synthetic, tmp_
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
 
 
+def test_two_worker_ddp_trial_of_mmpareto(ray_local, tiny_synthetic, tmp_path):
+    """MMPareto's own step (three backward passes, gradients averaged by it, not by DDP) under Ray Train."""
+    path = _space_file(tmp_path, "mmpareto", method="mmpareto", num_samples=1, params={}, scheduler={"type": "fifo"},
+                       resources={"workers": 2, "cpus_per_worker": 0.5})
+    space = load_space(str(path)).with_overrides(data_dir=str(tiny_synthetic))
+    best = run_search(space, RunOptions(storage=tmp_path / "results", name="mmpareto"))
+
+    exp = tmp_path / "results" / "mmpareto"
+    assert len(list((exp / "train").glob("train-*"))) == 1, "the trial ran a Ray Train run"
+    epochs = [json.loads(line) for line in next(exp.glob("trial_*/result.json")).read_text().splitlines()]
+    assert len(epochs) == 2
+    for e in epochs:
+        for m in ("audio", "visual"):
+            assert 0.0 <= e[f"mmpareto/conflict_frac_{m}"] <= 1.0
+            assert 0.001 <= e[f"mmpareto/a1_{m}"] <= 0.999
+    assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0
+
+
 def _completed_trials(exp: Path, epochs: int) -> list[Path]:
     done = []
     for result in exp.glob("trial_*/result.json"):
@@ -137,17 +156,24 @@ def test_resume_after_kill_finishes_without_rerunning(no_ray, short_tmp, tiny_sy
                         fixed={**SPACE["fixed"], "epochs": epochs})
     if bucket:
         storage = ["--storage", f"file://{tmp_path / 'bucket'}", "--workdir", str(tmp_path / "work")]
-        trials, driver = tmp_path / "bucket" / "resumable", tmp_path / "work" / "resumable"
+        trials_root, driver_root = tmp_path / "bucket", tmp_path / "work"
     else:
         storage = ["--storage", str(tmp_path / "res")]
-        trials = driver = tmp_path / "res" / "resumable"
+        trials_root = driver_root = tmp_path / "res"
+    # No --name: the run gets a fresh one (resumable-<date>-<time>), and --resume finds it again.
     command = [sys.executable, "-m", "mmray.tune", "--space", str(space), "--data-dir", str(tiny_synthetic), *storage]
     env = {**os.environ, "RAY_TMPDIR": str(short_tmp)}
     with open(tmp_path / "first-run.log", "w") as log:
         run = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
-    while not _completed_trials(trials, epochs) and time.time() < deadline and run.poll() is None:
+    trials = None
+    while time.time() < deadline and run.poll() is None:
+        trials = next(trials_root.glob("resumable-*"), None)
+        if trials is not None and _completed_trials(trials, epochs):
+            break
         time.sleep(0.2)
+    assert trials is not None and re.fullmatch(r"resumable-\d{8}-\d{6}", trials.name), trials
+    driver = driver_root / trials.name
     assert run.poll() is None, "the search ended before it could be killed: " + (tmp_path / "first-run.log").read_text()[-3000:]
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()

@@ -265,6 +265,31 @@ def test_malformed_manifest_is_refused_by_name(copy_of, key, value):
     assert str(root / MANIFEST_FILE) in load_error(root)
 
 
+def _edit_manifest(root, edit) -> None:
+    raw = json.loads((root / MANIFEST_FILE).read_text())
+    edit(raw)
+    (root / MANIFEST_FILE).write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.update(class_names="abcdefghij"), "class_names"),
+    (lambda m: m.update(class_names=[1, 2, 3]), "class_names"),
+    (lambda m: m["audio"].update(shape=[1, 32, 16]), "audio.shape [1, 32, 16]"),
+    (lambda m: m["audio"].update(shape=[1, "32", 32]), "audio.shape"),
+    (lambda m: m["audio"].update(dtype="float32"), "float32"),
+    (lambda m: m["frames"].update(count=5), "frames"),
+    (lambda m: m["frames"].update(height=48), "frames"),
+    (lambda m: m["shards"]["train"][0].update(file=7), "shards.train[0].file"),
+    (lambda m: m["shards"]["val"][0].update(file="../elsewhere.parquet"), "shards.val[0].file"),
+    (lambda m: m["shards"]["test"][0].update(rows="12"), "shards.test[0]"),
+])
+def test_manifest_of_wrong_types_or_shapes_is_refused_naming_the_key(copy_of, edit, words):
+    root, _ = copy_of
+    _edit_manifest(root, edit)
+    message = load_error(root)
+    assert str(root / MANIFEST_FILE) in message and words in message, message
+
+
 def test_wrong_format_version_is_refused(copy_of):
     root, _ = copy_of
     raw = json.loads((root / MANIFEST_FILE).read_text())

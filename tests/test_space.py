@@ -161,6 +161,24 @@ BAD_SPACES = {
         _with({"params.momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
                "params.optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}),
         ["params.momentum.when.optimizer"]),
+    # Every bound and every choice is checked, not only `low` and the first choice.
+    "NaN bound": (_with({"params.lr.high": float("nan")}), ["params.lr.high", "nan"]),
+    "inf bound": (_with({"params.lr.high": float("inf")}), ["params.lr.high", "inf"]),
+    "negative weight decay at low": (_with({"params.weight_decay": {"type": "float", "low": -0.1, "high": 0.1}}),
+                                     ["weight_decay", "-0.1"]),
+    "unknown model as a second choice": (_with({"params.model": {"type": "categorical",
+                                                                 "choices": ["small-cnn", "no-such-net"]}}),
+                                         ["params.model", "no-such-net"]),
+    "huge width as the high bound": (_with({"params.width.high": 100000}), ["params.width", "100000", "1024"]),
+    "momentum of 1 as the high bound": (_with({"params.momentum": {"type": "float", "low": 0.5, "high": 1.5}}),
+                                        ["params.momentum", "1.5"]),
+    "NaN cpus per worker": (_with({"resources": {"cpus_per_worker": float("nan")}}),
+                            ["resources.cpus_per_worker", "nan"]),
+    "NaN fixed setting": (_with({"fixed.weight_decay": float("nan")}), ["fixed.weight_decay", "nan"]),
+    "negative seed": (_with({"seed": -1}), ["seed", "-1"]),
+    "seed above 2**32 - 1": (_with({"seed": 2**32}), ["seed", str(2**32)]),
+    "confirmation seeds above 2**32 - 1": (_with({"seed": 2**32 - 2, "confirm": {"top_k": 1, "seeds": 3}}),
+                                           ["seed", str(2**32 + 1)]),
 }
 
 
@@ -275,3 +293,35 @@ def test_override_num_samples_zero_is_rejected(tmp_path):
     space = load_space(str(write_space(tmp_path, BASE)))
     with pytest.raises(UserError, match="num_samples"):
         space.with_overrides(num_samples=0)
+
+
+# --- where a search writes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".", "", "a/b", "/abs/olute"])
+def test_experiment_name_must_be_one_folder_inside_the_storage(tmp_path, name):
+    from mmray.tune.storage import RunOptions
+
+    with pytest.raises(UserError, match="--name"):
+        RunOptions(storage=tmp_path / "res", name=name)
+    assert not (tmp_path / "res").exists() and not (tmp_path / "x").exists()
+
+
+def test_storage_that_cannot_hold_experiments_is_refused(tmp_path):
+    import os
+
+    from mmray.tune.storage import RunOptions
+
+    (tmp_path / "file").write_text("data")
+    for storage, words in [(tmp_path / "file", "not a folder"), (tmp_path / "file" / "res", "is a file")]:
+        with pytest.raises(UserError, match=words) as info:
+            RunOptions(storage=storage, name="x")
+        assert str(storage) in str(info.value)
+    assert (tmp_path / "file").read_text() == "data"
+    if os.geteuid() != 0:  # root writes into a read-only (0555) folder, so only others can see the refusal
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(UserError, match="cannot write"):
+            RunOptions(storage=locked / "res", name="x")
+    RunOptions(storage=tmp_path / "new" / "res", name="x")  # a folder yet to be made is fine
+    assert not (tmp_path / "new").exists()

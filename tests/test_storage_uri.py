@@ -6,6 +6,7 @@ Real Ray, real pyarrow filesystems."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mmray.train.checkpoint import BEST_JSON
 from mmray.tune.results import SUMMARY_CSV, SUMMARY_JSON
 from mmray.tune.search import STUDY_FILE, prepare_run, run_search
 from mmray.tune.space import load_space
-from mmray.tune.storage import SELECTED_CHECKPOINT, RunOptions, parse_storage
+from mmray.tune.storage import SELECTED_CHECKPOINT, RunOptions, fresh_name, latest_name, parse_storage
 
 DRIVER_FILES = (STUDY_FILE, SUMMARY_CSV, SUMMARY_JSON, BEST_JSON)
 
@@ -45,24 +46,81 @@ def small_space(tmp_path):
     return load_space(str(_space_file(tmp_path, "small")))
 
 
+def _saved_by_tune(folder: Path) -> Path:
+    """What Tune writes into an experiment folder at its start and first save (all prepare_run looks at)."""
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"")
+    (folder / "experiment_state-2026-12-03_10-45-12.json").write_text("{}")
+    return folder
+
+
+def _study_with_a_finished_trial(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name="small", storage=f"sqlite:///{path}")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    return path.read_bytes()
+
+
 def test_uri_storage_refuses_before_writing_anything(small_space, tmp_path):
     bucket, work = tmp_path / "bucket", tmp_path / "work"
     options = RunOptions(storage=f"file://{bucket}", name="small", workdir=work)
     with pytest.raises(UserError, match=f"file://{bucket}/small: nothing to resume"):
         prepare_run(small_space, replace(options, resume=True))
-    # The study is the driver's, in its workdir: without it there is nothing to resume from.
-    (bucket / "small").mkdir(parents=True)
-    with pytest.raises(UserError, match=f"{work / 'small' / STUDY_FILE}: nothing to resume"):
+    # The study is the driver's, in its workdir, synced to the bucket after every trial: with neither,
+    # there is nothing to resume from.
+    _saved_by_tune(bucket / "small")
+    with pytest.raises(UserError, match=f"file://{bucket}/small/{STUDY_FILE}: nothing to resume"):
         prepare_run(small_space, replace(options, resume=True))
     with pytest.raises(UserError, match=f"file://{bucket}/small: experiment already exists"):
         prepare_run(small_space, options)
-    (bucket / "small").rmdir()
-    (work / "small").mkdir(parents=True)
-    with pytest.raises(UserError, match=f"{work / 'small'}: experiment already exists"):
-        prepare_run(small_space, options)
     with pytest.raises(UserError, match="nosuch://x/small: Unrecognized filesystem"):
         prepare_run(small_space, replace(options, storage="nosuch://x"))
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bucket", "small", "small.yaml", "work"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if "experiment_state" not in p.name) == [
+        "bucket", "small", "small.yaml", "tuner.pkl"]
+
+
+def test_a_new_head_resumes_with_the_study_from_the_bucket(small_space, tiny_synthetic, tmp_path):
+    bucket, work = tmp_path / "bucket", tmp_path / "new-head"
+    content = _study_with_a_finished_trial(_saved_by_tune(bucket / "small") / STUDY_FILE)
+    options = RunOptions(storage=f"file://{bucket}", name="small", workdir=work, resume=True)
+    _, resumed = prepare_run(small_space.with_overrides(data_dir=str(tiny_synthetic)), options)
+    assert resumed.resume and (work / "small" / STUDY_FILE).read_bytes() == content
+
+
+def test_a_folder_tune_never_saved_is_started_afresh_unless_it_holds_results(small_space, tiny_synthetic,
+                                                                              tmp_path):
+    """A crash between creating the experiment folder and Tune's first save leaves the folder and an empty
+    study: a rerun and --resume both start it afresh. A folder with results is never touched."""
+    space = small_space.with_overrides(data_dir=str(tiny_synthetic))
+    options = RunOptions(storage=tmp_path / "res", name="small")
+    exp = options.experiment_dir
+    exp.mkdir(parents=True)
+    optuna.create_study(study_name="small", storage=f"sqlite:///{exp / STUDY_FILE}")
+    for resume in (False, True):
+        _, fresh = prepare_run(space, replace(options, resume=resume))
+        assert not fresh.resume and not (exp / STUDY_FILE).exists()
+    content = _study_with_a_finished_trial(exp / STUDY_FILE)
+    with pytest.raises(UserError, match=f"{exp}: experiment already exists but Tune never saved it"):
+        prepare_run(space, replace(options, resume=True))
+    assert (exp / STUDY_FILE).read_bytes() == content
+    (exp / STUDY_FILE).unlink()
+    (exp / "trial_abc").mkdir()
+    with pytest.raises(UserError, match="Tune never saved it"):
+        prepare_run(space, options)
+    assert (exp / "trial_abc").is_dir()
+
+
+def test_runs_without_a_name_get_fresh_names_and_resume_finds_the_latest(tmp_path):
+    assert fresh_name("gmm", now=0) != fresh_name("gmm", now=1)
+    assert re.fullmatch(r"gmm-\d{8}-\d{6}", fresh_name("gmm"))
+    for storage in (tmp_path / "res", f"file://{tmp_path / 'res'}"):
+        with pytest.raises(UserError, match="nothing to resume: no experiment of space 'gmm'"):
+            latest_name(storage, "gmm")
+    for name in ("gmm-20261203-104512", "gmm-20261203-114500", "gmm-other", "gmm2-20261204-000000",
+                 "ogm-20261205-000000"):
+        (tmp_path / "res" / name).mkdir(parents=True)
+    for storage in (tmp_path / "res", f"file://{tmp_path / 'res'}"):
+        assert latest_name(storage, "gmm") == "gmm-20261203-114500"
 
 
 def _same_file_in(tree: Path, pattern: str, content: bytes) -> bool:

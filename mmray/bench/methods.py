@@ -2,7 +2,8 @@
 
 Each (method, seed) trains in this process through the one training loop (Ray Data feeding it),
 keeps its best-on-validation checkpoint, and is evaluated on validation and test. Prints every
-run and the mean +- std over seeds of the fused and per-modality accuracies.
+run, the mean +- std over seeds of the fused and per-modality accuracies, and each method's
+training seconds per epoch (its last epoch, evaluation excluded) relative to the first method's.
 
     mmray bench methods --methods joint gmm --seeds 3 --epochs 8 --set gmm:warmup_epochs=2
 """
@@ -19,7 +20,9 @@ from mmray.config import parse_assignment
 
 COLUMNS = ("val/fused_acc", "test/fused_acc", "test/audio_acc", "test/visual_acc")
 # A method's own state at the last epoch, printed next to its row (mean over seeds).
-LAST_EPOCH_STATE = {"gmm/auroc_corrupted", "aug/heads_audio", "aug/heads_visual"}
+LAST_EPOCH_STATE = {"gmm/auroc_corrupted", "aug/heads_audio", "aug/heads_visual", "mmpareto/conflict_frac_audio",
+                    "mmpareto/conflict_frac_visual", "mla/weight_audio", "reconboost/beta"}
+EPOCH_SECONDS = "train/epoch_s"
 
 
 def train_and_evaluate(method: str, seed: int, settings: dict, data_dir: str, out: Path,
@@ -96,5 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = sorted({k for r in runs for k in r} & LAST_EPOCH_STATE)
         extras = "  ".join(f"{k}={np.mean([r[k] for r in runs if k in r]):.3f}" for k in extra)
         print(f"{method:>12}  " + "  ".join(f"{c:>16}" for c in cells) + (f"  ({extras}, last epoch)" if extras else ""))
+    seconds = {method: np.mean([m[EPOCH_SECONDS] for name, _, m in rows if name == method]) for method in args.methods}
+    print(f"\ntraining seconds per epoch (last epoch, mean over seeds), relative to {args.methods[0]}")
+    for method in args.methods:
+        print(f"{method:>12}  {seconds[method]:7.2f} s  {seconds[method] / seconds[args.methods[0]]:5.2f}x")
     print(f"runs in {out}")
     return 0

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     space = load_space(args.space).with_overrides(num_samples=args.num_samples, epochs=args.epochs, max_concurrent=1)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="mmray-bench-"))
     options = RunOptions(storage=storage, name=f"bench-{space.name}")
-    space = prepare_run(space, options)
+    space, options = prepare_run(space, options)
 
     t0 = time.perf_counter()
     start_ray(None)

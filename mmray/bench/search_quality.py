@@ -17,10 +17,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ray.tune import Stopper
+
 GRID = {"lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-1], "fusion": ["concat", "sum"]}
 
 
-class EpochBudget:
+class EpochBudget(Stopper):
     """A Tune stopper: ends the whole search once its trials have reported `budget` epochs in all."""
 
     def __init__(self, budget: int):
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     params = tuple(Param(name, "categorical", choices=tuple(values)) for name, values in GRID.items())
     space = replace(load_space(args.space).with_overrides(epochs=args.epochs, max_concurrent=1), params=params)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="mmray-bench-quality-"))
-    space = prepare_run(space, RunOptions(storage=storage, name="grid"))
+    space, _ = prepare_run(space, RunOptions(storage=storage, name="grid"))
     start_ray(None)
     datasets = open_datasets(space)
     configs = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]

@@ -122,6 +122,7 @@ def load_manifest(root: str | Path, verify: bool = True) -> Manifest:
         raise UserError(f"{path}: unreadable manifest ({e})") from None
     where = str(path)
     _require(isinstance(raw, dict), where, "malformed manifest (expected a JSON object)")
+    _check_types(raw, where)
     try:
         _require(raw.get("format_version") == FORMAT_VERSION, where,
                  f"format_version {raw.get('format_version')!r} is not {FORMAT_VERSION}")
@@ -150,6 +151,35 @@ def load_manifest(root: str | Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+def _check_types(raw: dict, where: str) -> None:
+    """The keys whose wrong type would pass silently (a string is a list of characters) or fail deep
+    inside a Ray task: named here, with the manifest file."""
+    def ints(value) -> bool:
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                               for v in value)
+
+    names = raw.get("class_names")
+    _require(isinstance(names, list) and all(isinstance(c, str) for c in names), where,
+             f"class_names: {names!r} is not a list of names")
+    audio, frames, shards = raw.get("audio"), raw.get("frames"), raw.get("shards")
+    _require(isinstance(audio, dict) and ints(audio.get("shape")), where,
+             f"audio.shape: {audio.get('shape') if isinstance(audio, dict) else audio!r} is not a list of positive integers")
+    _require(isinstance(frames, dict) and ints([frames.get(k) for k in ("count", "height", "width")]), where,
+             "frames.count, frames.height, frames.width: each must be a positive integer")
+    _require(isinstance(shards, dict) and all(isinstance(files, list) for files in shards.values()), where,
+             "shards: expected a mapping of split: list of files")
+    for split, files in shards.items():
+        for i, shard in enumerate(files):
+            key = f"shards.{split}[{i}]"
+            _require(isinstance(shard, dict), where, f"{key}: expected an object")
+            _require(isinstance(shard.get("file"), str) and shard["file"], where,
+                     f"{key}.file: {shard.get('file')!r} is not a file name")
+            _require(not Path(shard["file"]).is_absolute() and ".." not in Path(shard["file"]).parts, where,
+                     f"{key}.file: {shard['file']!r} is not inside the dataset folder")
+            _require(ints([shard.get("rows")]) and isinstance(shard.get("bytes"), int), where,
+                     f"{key}: rows and bytes must be integers")
+
+
 def verify_shards(root: Path, manifest: Manifest) -> None:
     """Every listed shard exists with the recorded size, row count and checksum."""
     for split, files in manifest.shards.items():
@@ -162,3 +192,20 @@ def verify_shards(root: Path, manifest: Manifest) -> None:
             rows = pq.ParquetFile(path).metadata.num_rows
             if rows != shard.rows:
                 raise UserError(f"{path}: {rows} rows, manifest says {shard.rows}")
+        _check_shapes(root, root / files[0].file, manifest)
+
+
+def _check_shapes(root: Path, path: Path, manifest: Manifest) -> None:
+    """A split's first row holds what audio.shape, audio.dtype and frames say (else every batch fails later)."""
+    import numpy as np
+
+    row = pq.ParquetFile(path).read_row_group(0, columns=["audio", "frames"]).slice(0, 1).to_pylist()[0]
+    a, f = manifest.audio, manifest.frames
+    expected = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+    if len(row["audio"]) != expected:
+        raise UserError(f"{path}: audio of {len(row['audio'])} bytes, but {root / MANIFEST_FILE} "
+                        f"says audio.shape {list(a.shape)} of {a.dtype} ({expected} bytes)")
+    pixels = f.height * f.width * f.channels
+    if len(row["frames"]) != f.count or (f.encoding == "raw" and any(len(b) != pixels for b in row["frames"])):
+        raise UserError(f"{path}: frames do not match {root / MANIFEST_FILE}'s frames "
+                        f"(count {f.count}, {f.height}x{f.width}x{f.channels} {f.encoding})")

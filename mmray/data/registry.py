@@ -78,8 +78,7 @@ def resolve_data_dir(dataset: str, data_dir: str | Path | None) -> tuple[Path, "
             raise UserError(f"dataset {dataset!r}: give --data-dir (a folder made by `mmray prepare {dataset}`)")
         folder = cache_dir() / "datasets" / dataset
         if not (folder / MANIFEST_FILE).exists():
-            print(f"mmray: preparing {dataset} into {folder} (first use)", flush=True)
-            entry.prepare(folder, entry.Options(), force=False)
+            prepare_once(entry, folder)
     else:
         folder = Path(data_dir).expanduser()
     folder = folder.resolve()
@@ -87,3 +86,18 @@ def resolve_data_dir(dataset: str, data_dir: str | Path | None) -> tuple[Path, "
     if manifest.dataset != dataset:
         raise UserError(f"{folder / MANIFEST_FILE}: holds dataset {manifest.dataset!r}, not {dataset!r}")
     return folder, manifest
+
+
+def prepare_once(entry: Dataset, folder: Path) -> None:
+    """Prepare a generated dataset on first use. Two searches starting at once would write the same folder:
+    an exclusive lock beside it lets one prepare while the other waits, then uses the finished dataset."""
+    import fcntl
+
+    from mmray.data.manifest import MANIFEST_FILE
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        if not (folder / MANIFEST_FILE).exists():
+            print(f"mmray: preparing {entry.name} into {folder} (first use)", flush=True)
+            entry.prepare(folder, entry.Options(), force=False)

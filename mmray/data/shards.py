@@ -109,12 +109,36 @@ def _as_arrow(name: str, values) -> pa.Array:
 
 def check_output_folder(out: Path, force: bool) -> None:
     """Refuse to write a dataset over anything but nothing, an empty folder, or (with force) a dataset."""
+    if Path(out).expanduser().resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise UserError(f"{out}: is the current folder (or holds it); give a new folder for the dataset")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     if (out / MANIFEST_FILE).exists() and not force:
         raise UserError(f"{out}: already holds a prepared dataset (use --force to replace it)")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
         raise UserError(f"{out}: exists and is not a prepared dataset; refusing to write into it")
+
+
+PARTIAL_MARKER = ".mmray-partial"  # in a `<out>.partial` folder that mmray made, so may resume or remove
+
+
+def claim_staging(out: Path) -> Path:
+    """`<out>.partial`, the folder `out` is prepared in, marked as mmray's. A folder of that name that mmray
+    did not make (a user's) is refused, never written into or removed."""
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists() and not (staging / PARTIAL_MARKER).is_file():
+        raise UserError(f"{staging}: exists and was not made by mmray prepare; move it away or pick another --out")
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / PARTIAL_MARKER).touch()
+    return staging
+
+
+def publish_staging(staging: Path, out: Path) -> None:
+    """The finished `staging` becomes `out` (replacing a previous dataset there)."""
+    (staging / PARTIAL_MARKER).unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
 
 
 @contextmanager
@@ -126,17 +150,14 @@ def staged_output(out: Path, force: bool = False):
     """
     out = Path(out)
     check_output_folder(out, force)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    shutil.rmtree(claim_staging(out))  # a previous attempt's leftovers (this writer does not resume)
+    staging = claim_staging(out)
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    publish_staging(staging, out)
 
 
 def read_column_by_index(root: str | Path, manifest, split: str, column: str) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmray.errors import UserError
-from mmray.methods.base import Method, MethodContext, NoParams
+from mmray.methods.base import Method, MethodContext, NoParams, TrainStep
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -24,5 +24,9 @@ from mmray.methods import gmm as _gmm  # noqa: E402,F401
 from mmray.methods import ogm as _ogm  # noqa: E402,F401
 from mmray.methods import decision as _decision  # noqa: E402,F401
 from mmray.methods import aug as _aug  # noqa: E402,F401
+from mmray.methods import late_fusion as _late_fusion  # noqa: E402,F401
+from mmray.methods import mmpareto as _mmpareto  # noqa: E402,F401
+from mmray.methods import mla as _mla  # noqa: E402,F401
+from mmray.methods import reconboost as _reconboost  # noqa: E402,F401
 
-__all__ = ["METHODS", "Method", "MethodContext", "NoParams", "get_method", "register_method"]
+__all__ = ["METHODS", "Method", "MethodContext", "NoParams", "TrainStep", "get_method", "register_method"]

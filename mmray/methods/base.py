@@ -4,6 +4,9 @@ The loop owns data, optimisation, evaluation, checkpoints and reporting. A metho
 - `heads()`: any modules it adds (unimodal heads, gates); the loop trains them with the model;
 - `loss()`: the training loss from the model output of one batch;
 - `after_backward()`: gradient modulation between backward and the optimizer step;
+- `train_step()`: one batch's whole optimisation step; the default is loss -> backward -> after_backward ->
+  optimizer step, and a method overrides it only when it needs several backward passes, several optimizer
+  steps per batch, or optimizers of its own for phases that train different parameters;
 - `on_epoch_start()` / `on_epoch_end()`: work over whole epochs (refits, assignments), returning metrics;
 - `lr_factor()`: a factor on the run's learning rate for an epoch (e.g. fine-tuning epochs at a lower rate);
 - `predict()`: the logits its prediction rule uses, fused and per modality;
@@ -15,7 +18,7 @@ The defaults implement plain joint training.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,23 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class NoParams:
     """A method without hyperparameters of its own."""
+
+
+@dataclass
+class TrainStep:
+    """What one training step may use; the loop builds one per batch."""
+
+    network: nn.Module  # the network itself: its parameters, gradients and submodules
+    wrapped: nn.Module  # the same network under DDP (itself with one worker): a backward through it averages gradients
+    optimizer: torch.optim.Optimizer  # the run's optimizer over every parameter; the loop checkpoints it
+    # A fresh optimizer over some parameters with the run's settings (kind, lr as scheduled now, weight decay,
+    # momentum), for a method whose phases need their own optimizer state; the method checkpoints those.
+    make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+    world: "World"
+    batch: "Batch"
+    epoch: int
+    index: int  # of the batch within the epoch
+    batches: int  # batches per epoch on this worker (from the split size: the streaming split may drop a few)
 
 
 @dataclass
@@ -71,6 +91,17 @@ class Method:
 
     def after_backward(self, network: nn.Module, out: AVOutput, extras: dict, batch: "Batch", epoch: int) -> None:
         """Gradients are computed (and all-reduced under DDP); modulate them here."""
+
+    def train_step(self, step: TrainStep) -> torch.Tensor:
+        """One batch's optimisation; returns the loss (detached) the epoch's `train/loss` averages."""
+        out, extras = step.wrapped(step.batch.audio, step.batch.frames)
+        loss = step.world.with_every_output(self.loss(out, extras, step.batch, step.epoch),
+                                            [out.fused, out.audio, out.visual, *extras.values()])
+        step.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.after_backward(step.network, out, extras, step.batch, step.epoch)
+        step.optimizer.step()
+        return loss.detach()
 
     def on_epoch_start(self, epoch: int, network: nn.Module) -> dict[str, float]:
         return {}

@@ -27,7 +27,7 @@ from mmray.data.shards import read_column_by_index
 from mmray.errors import UserError
 from mmray.methods import register_method
 from mmray.methods.base import Method, require
-from mmray.models import AVOutput
+from mmray.methods.heads import UnimodalHeads  # z_a, z_v of the gap and of the unimodal CE
 from mmray.plots import subplots, to_png
 
 # A collapsed balanced component (e.g. many gaps saturated at one value) has a near-zero variance,
@@ -155,18 +155,6 @@ def freeze_batchnorm(network: nn.Module) -> None:
     for module in network.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-class UnimodalHeads(nn.Module):
-    """Linear(D, K) on each modality's features: the z_a, z_v of the gap and of the unimodal CE."""
-
-    def __init__(self, audio_dim: int, visual_dim: int, num_classes: int):
-        super().__init__()
-        self.audio = nn.Linear(audio_dim, num_classes)
-        self.visual = nn.Linear(visual_dim, num_classes)
-
-    def forward(self, out: AVOutput) -> dict[str, torch.Tensor]:
-        return {"audio": self.audio(out.audio_features), "visual": self.visual(out.visual_features)}
 
 
 @register_method

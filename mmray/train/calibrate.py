@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mmray.errors import UserError
+from mmray.files import write_atomic
 from mmray.methods.diagnostics import collect_outputs
 from mmray.train.checkpoint import find_checkpoint, open_checkpoint
 
@@ -109,5 +110,5 @@ def calibrate(run: str | Path, kind: str = "scalar", reg: float = 0.0) -> dict:
     summary = {"checkpoint": str(checkpoint), "method": saved.method.name, "kind": kind, "reg": reg,
                "fitted_on": "val", "calibration": calibration.to_json(), "before": before, "after": after,
                "output": str(out_file)}
-    out_file.write_text(json.dumps(summary, indent=2))
+    write_atomic(out_file, json.dumps(summary, indent=2))
     return summary

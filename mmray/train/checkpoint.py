@@ -8,6 +8,7 @@ checkpoint it selected in `best.json`; `find_checkpoint` accepts either folder.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from mmray.data.manifest import Manifest, load_manifest
 from mmray.data.pipeline import RayDataSource, configure_data_context, open_split
 from mmray.errors import UserError
+from mmray.files import write_atomic
 from mmray.methods import Method
 from mmray.train.config import TrainConfig
 from mmray.train.loop import Network, build_method_and_network, evaluate
@@ -23,6 +25,7 @@ from mmray.world import World
 
 STATE_FILE = "state.pt"
 BEST_JSON = "best.json"  # written by a search into its experiment folder
+METRICS_JSON = "metrics.json"  # KeepBestAndLast: the metrics of the epoch saved beside it
 
 
 def save_state(state: dict, folder: str | Path) -> Path:
@@ -38,7 +41,15 @@ def save_state(state: dict, folder: str | Path) -> Path:
 
 
 def load_state(folder: str | Path) -> dict:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    """A saved state: tensors and plain types only. `weights_only` refuses any other pickled object,
+    so a crafted state.pt (in a folder or a bucket) cannot run code when it is loaded."""
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(f"{path}: not a plain mmray checkpoint (holds something other than tensors and plain "
+                        f"values), refused: {reason}") from None
 
 
 def find_checkpoint(run: str | Path) -> Path:
@@ -47,7 +58,13 @@ def find_checkpoint(run: str | Path) -> Path:
     if (run / STATE_FILE).is_file():
         return run
     if (run / BEST_JSON).is_file():
-        return Path(json.loads((run / BEST_JSON).read_text())["checkpoint"])
+        try:
+            checkpoint = Path(json.loads((run / BEST_JSON).read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # truncated, not JSON, or no "checkpoint"
+            raise UserError(f"{run / BEST_JSON}: unreadable ({type(e).__name__}: {e})") from None
+        if not (checkpoint / STATE_FILE).is_file():
+            raise UserError(f"{run / BEST_JSON}: names {checkpoint}, which holds no {STATE_FILE}")
+        return checkpoint
     raise UserError(f"{run}: neither a checkpoint (no {STATE_FILE}) nor an experiment folder (no {BEST_JSON})")
 
 
@@ -86,19 +103,25 @@ def evaluate_checkpoint(folder: str | Path, split: str) -> dict[str, float]:
 
 
 class KeepBestAndLast:
-    """A `report` for runs outside Tune: saves every epoch to `out/last`, the best on `metric` to `out/best`."""
+    """A `report` for runs outside Tune: saves every epoch to `out/last`, the best on `metric` to `out/best`,
+    each with its metrics beside it; a resumed run starts from the best score saved in `out/best`."""
 
     def __init__(self, out_dir: str | Path, metric: str = "val/fused_acc", echo: bool = False):
         self.out_dir = Path(out_dir)
         self.metric = metric
         self.echo = echo
-        self.best_score = float("-inf")
+        saved = self.out_dir / "best" / METRICS_JSON
+        self.best_score = json.loads(saved.read_text())[metric] if saved.is_file() else float("-inf")
 
     def __call__(self, metrics: dict, state: dict) -> None:
         if self.echo:
             print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
                   flush=True)
-        save_state(state, self.out_dir / "last")
+        self._save(metrics, state, "last")
         if metrics[self.metric] > self.best_score:
             self.best_score = metrics[self.metric]
-            save_state(state, self.out_dir / "best")
+            self._save(metrics, state, "best")
+
+    def _save(self, metrics: dict, state: dict, name: str) -> None:
+        folder = save_state(state, self.out_dir / name)
+        write_atomic(folder / METRICS_JSON, json.dumps(metrics, default=float))

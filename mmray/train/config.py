@@ -14,9 +14,12 @@ from typing import Any, Literal
 from mmray.config import build, field_types
 from mmray.errors import UserError
 from mmray.methods import get_method
+from mmray.models import BACKBONES
 
 # Keys of a flat config that are not training settings: the launcher's own.
 RUN_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker")
+MAX_WIDTH = 1024  # the small CNN's width: far above anything useful, far below what exhausts memory
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 
 
 @dataclass
@@ -55,11 +58,19 @@ class TrainConfig:
                                 f"nor a hyperparameter of method {method_cls.name!r} ({', '.join(method_keys) or 'none'})")
         cfg = build(cls, {k: v for k, v in values.items() if k in general}, where)
         cfg.method_params = build(method_cls.Params, method_values, where)
-        for name in ("epochs", "batch_size", "width"):
+        for name in ("epochs", "batch_size", "width", "shuffle_buffer"):
             if getattr(cfg, name) < 1:
                 raise UserError(f"{where}.{name}: {getattr(cfg, name)} must be at least 1")
-        if cfg.lr <= 0:
-            raise UserError(f"{where}.lr: {cfg.lr} must be positive")
+        for ok, key, rule in [
+            (cfg.width <= MAX_WIDTH, "width", f"must be at most {MAX_WIDTH}"),
+            (cfg.lr > 0, "lr", "must be positive"),
+            (cfg.weight_decay >= 0, "weight_decay", "must not be negative"),
+            (0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)"),
+            (0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]"),
+            (cfg.model in BACKBONES, "model", f"is not a known model ({', '.join(sorted(BACKBONES))})"),
+        ]:
+            if not ok:
+                raise UserError(f"{where}.{key}: {getattr(cfg, key)!r} {rule}")
         try:
             method_cls.check_config(cfg.method_params, cfg.epochs)
         except UserError as e:

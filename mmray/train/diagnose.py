@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mmray.data.shards import read_column_by_index
+from mmray.files import write_atomic
 from mmray.methods.diagnostics import collect_outputs, diagnose, plot_diagnostics, subset
 from mmray.train.checkpoint import find_checkpoint, open_checkpoint
 
@@ -35,6 +36,6 @@ def diagnose_checkpoint(run: str | Path, splits: tuple[str, ...] = ("val", "test
             outputs[f"{split}_clean"] = subset(outputs[split], torch.from_numpy(clean[outputs[split]["index"].numpy()]))
     report = {"checkpoint": str(checkpoint), "method": method.name,
               **diagnose(network.model, outputs, manifest.num_classes)}
-    (checkpoint / DIAGNOSTICS_JSON).write_text(json.dumps(report, indent=2))
+    write_atomic(checkpoint / DIAGNOSTICS_JSON, json.dumps(report, indent=2))
     (checkpoint / DIAGNOSTICS_PNG).write_bytes(plot_diagnostics(report, title=f"{method.name}: {checkpoint}"))
     return report

@@ -21,6 +21,7 @@ import torch
 
 from mmray.data.manifest import load_manifest
 from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits
+from mmray.errors import UserError
 from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
 from mmray.train.loop import Report, train
@@ -46,9 +47,14 @@ def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1, quie
     data_dir, manifest = resolve_data_dir(cfg.dataset, cfg.data_dir)
     cfg.data_dir = str(data_dir)
     out_dir = Path(out_dir)
+    resume = load_state(out_dir / "last") if (out_dir / "last").exists() else None
+    if resume is not None and resume["config"] != cfg.to_flat():  # another run's folder: never overwrite it
+        saved, given = resume["config"], cfg.to_flat()
+        changed = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
+        raise UserError(f"{out_dir}: holds a run with other settings ({', '.join(changed)}); give the same "
+                        "settings to resume it, or another --out")
     data = RayDataSource(load_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, torch.device("cpu"),
                          cfg.shuffle_buffer)
-    resume = load_state(out_dir / "last") if (out_dir / "last").exists() else None
     metrics = train(cfg, manifest, data, KeepBestAndLast(out_dir, echo=not quiet), World.current(), resume)
     return metrics, out_dir / "best"
 
@@ -60,6 +66,7 @@ class TrialSettings:
     storage_path: str
     metric: str
     mode: str  # "max" | "min"
+    worker_retries: int = 0  # restarts of a trial's Train run (from its last checkpoint) when a worker dies
 
 
 def run_trial(config: dict, settings: TrialSettings, datasets: dict) -> None:
@@ -107,6 +114,7 @@ def _run_train_driver(config: dict, settings: TrialSettings, datasets: dict) -> 
             name=f"train-{ray.tune.get_context().get_trial_id()}",
             storage_path=settings.storage_path,
             callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=settings.worker_retries),
             # Keeps the best checkpoint on the search metric (and always the latest, for resuming).
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=settings.metric, checkpoint_score_order=settings.mode),

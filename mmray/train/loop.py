@@ -10,6 +10,7 @@ calls `report` the same number of times, because under Ray Train it is a barrier
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from mmray.data.manifest import Manifest
 from mmray.data.source import DataSource
-from mmray.methods import Method, MethodContext, get_method
+from mmray.methods import Method, MethodContext, TrainStep, get_method
 from mmray.models import build_model
 from mmray.train.config import TrainConfig
 from mmray.train.metrics import HEADS, SCORES, confusion, metric_name
@@ -61,10 +62,11 @@ def lr_factor(cfg: TrainConfig, method: Method, epoch: int) -> float:
     return schedule * method.lr_factor(epoch)
 
 
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, params, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -116,27 +118,28 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
         schedule.load_state_dict(resume_state["schedule"])
         start_epoch = resume_state["epoch"] + 1
 
+    def make_optimizer(params) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, params, lr=optimizer.param_groups[0]["lr"])
+
+    batches = math.ceil(manifest.split_size("train") / (cfg.batch_size * world.size))
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         metrics = {"epoch": epoch + 1, **method.on_epoch_start(epoch, network)}
-        loss_sum, steps = torch.zeros((), device=world.device), 0
-        for batch in data.train_batches(epoch):
-            out, extras = wrapped(batch.audio, batch.frames)
-            loss = world.with_every_output(method.loss(out, extras, batch, epoch),
-                                           [out.fused, out.audio, out.visual, *extras.values()])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            method.after_backward(network, out, extras, batch, epoch)
-            optimizer.step()
-            loss_sum += loss.detach()  # summed on the device: no host sync per step
+        started = time.perf_counter()
+        loss_sum, steps = torch.zeros((), dtype=torch.float64, device=world.device), 0
+        for index, batch in enumerate(data.train_batches(epoch)):
+            loss = method.train_step(TrainStep(network, wrapped, optimizer, make_optimizer, world, batch,
+                                               epoch, index, batches))
+            loss_sum += loss  # summed on the device: no host sync per step
             steps += 1
         # Checked once per epoch, over all workers so that every rank stops alike (NaN and inf
         # propagate through the sums): a broken run ends here, before this epoch is reported.
         train_loss = world.all_reduce_sum(loss_sum).item() / max(steps * world.size, 1)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"train/loss is {train_loss} in epoch {epoch + 1} (method {cfg.method}, lr {cfg.lr:g})")
-        schedule.step()
         metrics["train/loss"] = train_loss
+        metrics["train/epoch_s"] = time.perf_counter() - started  # after that read: the device has finished
+        schedule.step()
         metrics.update(method.on_epoch_end(epoch, network))
         metrics.update(evaluate(network, method, data.eval_batches("val"), manifest.num_classes, "val"))
         state = {

@@ -20,6 +20,7 @@ import torch
 from mmray.data.pipeline import RayDataSource, load_splits
 from mmray.data.shards import read_column_by_index
 from mmray.errors import UserError
+from mmray.files import write_atomic
 from mmray.methods.gmm import BalancedSelection
 from mmray.train.checkpoint import KeepBestAndLast, find_checkpoint, load_state, open_checkpoint
 from mmray.train.loop import train
@@ -77,7 +78,7 @@ def purify(run: str | Path, threshold: float | None = None, epochs: int | None =
         dropped, index = selection.dropped, selection.index
         summary["dropped_precision_corrupted"] = float(corrupted[dropped].mean())
         summary["corrupted_recall"] = float(corrupted[dropped].sum() / max(corrupted[index].sum(), 1))
-    (out_dir / "purify.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "purify.json", json.dumps(summary, indent=2))
     return summary
 
 

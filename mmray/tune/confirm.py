@@ -67,6 +67,7 @@ def confirm(space: SearchSpace, options: RunOptions, configs: list[dict], settin
                                         trial_dirname_creator=lambda trial: f"confirm_{trial.trial_id}"),
             run_config=tune.RunConfig(
                 name=CONFIRM_DIR, storage_path=options.experiment_uri, verbose=1,
+                failure_config=tune.FailureConfig(max_failures=space.retries.trials),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode)),
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmray.files import write_atomic
 from mmray.train.checkpoint import BEST_JSON
 from mmray.train.diagnose import DIAGNOSTICS_JSON
 from mmray.tune.space import SearchSpace
@@ -58,8 +59,8 @@ def summarize(results, space: SearchSpace) -> pd.DataFrame:
 
 
 def write_summary(table: pd.DataFrame, folder: Path) -> None:
-    table.to_csv(folder / SUMMARY_CSV, index=False)
-    (folder / SUMMARY_JSON).write_text(table.to_json(orient="records", indent=2))
+    write_atomic(folder / SUMMARY_CSV, table.to_csv(index=False))
+    write_atomic(folder / SUMMARY_JSON, table.to_json(orient="records", indent=2))
 
 
 def best_trial(results, table: pd.DataFrame, space: SearchSpace):
@@ -151,7 +152,7 @@ def confirmation_record(groups: list, space: SearchSpace) -> list[dict]:
 
 
 def write_best(best: dict, folder: Path) -> None:
-    (folder / BEST_JSON).write_text(json.dumps(best, indent=2, default=str))
+    write_atomic(folder / BEST_JSON, json.dumps(best, indent=2, default=str))
 
 
 def _is_nan(value) -> bool:

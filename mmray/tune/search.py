@@ -9,6 +9,7 @@ diagnosed and evaluated once on test, and a summary of every trial is written ne
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from mmray.data.registry import resolve_data_dir
 from mmray.errors import UserError
@@ -19,13 +20,14 @@ from mmray.train.resources import DATA_RESERVED_CPUS
 from mmray.tune import results as res
 from mmray.tune.confirm import confirm, top_configs
 from mmray.tune.space import SearchSpace
-from mmray.tune.storage import RunOptions, check_storage_reachable, experiment_stored, local_checkpoint, upload_experiment
+from mmray.tune.storage import (RunOptions, check_storage_reachable, copy_file, experiment_stored, list_folder,
+                                local_checkpoint, storage_exists, upload_experiment)
 
 STUDY_FILE = "optuna.db"
 
 
 def run_search(space: SearchSpace, options: RunOptions) -> dict:
-    space = prepare_run(space, options)
+    space, options = prepare_run(space, options)
     start_ray(options.address)
     check_storage_reachable(options)
     datasets = open_datasets(space)
@@ -62,21 +64,58 @@ def evaluate_run(seed: int, result, space: SearchSpace, options: RunOptions) -> 
             "test": evaluate_checkpoint(checkpoint, "test"), "checkpoint": str(checkpoint)}
 
 
-def prepare_run(space: SearchSpace, options: RunOptions) -> SearchSpace:
+def prepare_run(space: SearchSpace, options: RunOptions) -> tuple[SearchSpace, RunOptions]:
     """Every check that can fail on bad input, before Ray starts and before anything is written."""
     exp = options.experiment_dir
     stored = experiment_stored(options)
     if options.resume and not stored:
         raise UserError(f"{options.experiment_uri}: nothing to resume (no such experiment folder)")
-    if options.resume and options.remote and not (exp / STUDY_FILE).is_file():
-        raise UserError(f"{exp / STUDY_FILE}: nothing to resume: the study of a search with --storage "
-                        f"{options.storage} lives in --workdir on the machine that started it; resume it there")
-    if not options.resume and (stored or exp.exists()):
+    if (stored or exp.exists()) and not tune_state_saved(options):
+        # A crash between creating the folder and Tune's first save: nothing to resume, so start afresh there.
+        discard_unstarted(options)
+        options = replace(options, resume=False)
+    elif options.resume and options.remote and not (exp / STUDY_FILE).is_file():
+        restore_study(options)  # a new head: the study as the bucket last received it
+    elif not options.resume and (stored or exp.exists()):
         where = options.experiment_uri if stored else exp
         raise UserError(f"{where}: experiment already exists; pass --resume to continue it or --name for a new one")
     data_dir, _ = resolve_data_dir(space.dataset, space.data_dir)
     # Trials run with another working directory: hand them an absolute path.
-    return space.with_overrides(data_dir=str(data_dir))
+    return space.with_overrides(data_dir=str(data_dir)), options
+
+
+def tune_state_saved(options: RunOptions) -> bool:
+    """Whether Tune saved the experiment at least once (its tuner and an experiment state): resumable."""
+    names = list_folder(options.experiment_uri)
+    return "tuner.pkl" in names and any(n.startswith("experiment_state") for n in names)
+
+
+def discard_unstarted(options: RunOptions) -> None:
+    """Remove the study of an experiment that Tune never saved, once sure it holds no result: nothing but
+    the study and Tune's tuner.pkl, and no finished trial in the study. Anything else is refused, never deleted."""
+    import optuna
+
+    study = options.experiment_dir / STUDY_FILE
+    names = set(list_folder(options.experiment_uri)) | set(list_folder(options.experiment_dir))
+    finished = []
+    if study.is_file():
+        url = f"sqlite:///{study}"
+        finished = [t for name in optuna.get_all_study_names(url)
+                    for t in optuna.load_study(study_name=name, storage=url).trials if t.state.is_finished()]
+    if names - {STUDY_FILE, "tuner.pkl"} or finished:
+        raise UserError(f"{options.experiment_uri}: experiment already exists but Tune never saved it (nothing "
+                        "for --resume to continue) and it holds files; pass --name for a new one")
+    study.unlink(missing_ok=True)
+
+
+def restore_study(options: RunOptions) -> None:
+    target = options.experiment_dir / STUDY_FILE
+    source = f"{options.experiment_uri}/{STUDY_FILE}"
+    if not storage_exists(source):
+        raise UserError(f"{source}: nothing to resume: the study is neither in the bucket nor in {target}")
+    options.experiment_dir.mkdir(parents=True, exist_ok=True)
+    copy_file(source, str(target))
+    print(f"mmray: restored the study from {source}", flush=True)
 
 
 def start_ray(address: str | None) -> None:
@@ -138,7 +177,7 @@ def concurrent_trials(space: SearchSpace, cluster_cpus: float, cluster_gpus: flo
 
 def trial_settings(space: SearchSpace, options: RunOptions) -> TrialSettings:
     return TrialSettings(resources=space.resources, storage_path=f"{options.experiment_uri}/train",
-                         metric=space.metric, mode=space.mode)
+                         metric=space.metric, mode=space.mode, worker_retries=space.retries.workers)
 
 
 def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, settings: TrialSettings, datasets: dict,
@@ -148,7 +187,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, setti
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from mmray.tune.searcher import SelectionSearch
+    from mmray.tune.searcher import SelectionSearch, StudySync
 
     exp = options.experiment_dir
     trainable = tune.with_resources(
@@ -159,7 +198,7 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, setti
         return tune.Tuner.restore(options.experiment_uri, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
 
-    exp.mkdir(parents=True)
+    exp.mkdir(parents=True, exist_ok=True)  # exists only when Tune never saved it (prepare_run)
     searcher = SelectionSearch(
         epochs=space.epochs,
         space=space.define_by_run(),
@@ -187,6 +226,10 @@ def build_tuner(space: SearchSpace, options: RunOptions, concurrency: int, setti
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
             name=options.name, storage_path=str(options.storage), progress_reporter=reporter, verbose=1, stop=stop,
+            # A trial whose process dies restarts from its last checkpoint, as the same trial (and Optuna trial).
+            failure_config=tune.FailureConfig(max_failures=space.retries.trials),
+            callbacks=[StudySync(str(exp / STUDY_FILE), f"{options.experiment_uri}/{STUDY_FILE}")]
+            if options.remote else None,
             # Best checkpoint on the search metric, plus the latest one for resuming.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),

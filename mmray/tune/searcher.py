@@ -13,7 +13,10 @@ from __future__ import annotations
 import math
 
 import optuna
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
+
+from mmray.tune.storage import copy_file
 
 State = optuna.trial.TrialState
 
@@ -63,3 +66,22 @@ class SelectionSearch(OptunaSearch):
             state, value = State.COMPLETE, best
         self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
+
+
+class StudySync(Callback):
+    """With a bucket storage, copies the study (SQLite, in the driver's workdir) to the bucket after every
+    trial, so that a search whose head is lost resumes from the bucket with the study as it was.
+    Tune tells the searcher about a finished trial before it calls callbacks: the copy holds that trial."""
+
+    def __init__(self, study_file: str, target: str):
+        self.study_file = study_file
+        self.target = target
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._sync()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._sync()
+
+    def _sync(self) -> None:
+        copy_file(self.study_file, self.target)

@@ -11,6 +11,7 @@ the scheduler, each trial's resources, the fixed settings and the searched ones:
     max_concurrent: 1
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+    retries: {trials: 2, workers: 2}   # a failed trial / Train run restarts from its last checkpoint
     fixed: {epochs: 6, batch_size: 64}
     params:
       lr: {type: log-float, low: 3.0e-4, high: 3.0e-3}
@@ -33,7 +34,7 @@ from mmray.config import build, coerce
 from mmray.errors import UserError
 from mmray.methods import get_method
 from mmray.methods.base import require
-from mmray.train.config import TrainConfig, key_type
+from mmray.train.config import MAX_SEED, TrainConfig, key_type
 from mmray.train.resources import WorkerResources
 from mmray.train.metrics import metric_names
 
@@ -144,6 +145,14 @@ class Confirm:
 
 
 @dataclass(frozen=True)
+class Retries:
+    """How often a failed trial (its process killed, out of memory) restarts from its last checkpoint, and,
+    in a trial of several workers, how often its Train run restarts when a worker dies."""
+    trials: int = 2
+    workers: int = 2
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     source: Path
     name: str
@@ -160,6 +169,7 @@ class SearchSpace:
     data_dir: str | None = None
     seed: int = 0
     confirm: Confirm = Confirm()
+    retries: Retries = Retries()
 
     @property
     def epochs(self) -> int:
@@ -244,6 +254,7 @@ def parse_space(raw: Any, path: Path) -> SearchSpace:
         scheduler=build(Scheduler, raw.get("scheduler") or {}, f"{where}: scheduler"),
         resources=build(WorkerResources, raw.get("resources") or {}, f"{where}: resources"),
         confirm=build(Confirm, raw.get("confirm") or {}, f"{where}: confirm"),
+        retries=build(Retries, raw.get("retries") or {}, f"{where}: retries"),
         fixed=_parse_fixed(raw.get("fixed") or {}, method, where),
         params=(),
     )
@@ -326,12 +337,24 @@ def _check_space(space: SearchSpace, where: str) -> None:
     if c.top_k < 0 or c.seeds < 1:
         raise UserError(f"{where}: confirm needs top_k >= 0 (0: no confirmation) and seeds >= 1, "
                         f"got top_k {c.top_k}, seeds {c.seeds}")
+    for key in ("trials", "workers"):
+        if getattr(space.retries, key) < 0:
+            raise UserError(f"{where}: retries.{key} must be at least 0, got {getattr(space.retries, key)}")
     s = space.scheduler
     if s.type == "asha" and not (1 <= s.grace_period <= space.epochs):
         raise UserError(f"{where}: scheduler.grace_period {s.grace_period} must be between 1 and epochs ({space.epochs})")
     if s.reduction_factor <= 1:
         raise UserError(f"{where}: scheduler.reduction_factor must be above 1, got {s.reduction_factor}")
+    last_seed = space.seed + (space.confirm.seeds if space.confirm.top_k else 0)
+    if not 0 <= space.seed <= last_seed <= MAX_SEED:
+        raise UserError(f"{where}: seed {space.seed} (and the confirmation's seeds up to {last_seed}) "
+                        f"must be in [0, {MAX_SEED}]")
+    # One full trial config per value a parameter can take at its edges (every bound, every choice),
+    # the others at their first: a bad second choice or a bad high bound fails here, not in a trial.
     example = space.constants()
     for p in space.params:
         example[p.name] = p.choices[0] if p.type == "categorical" else p.low
     TrainConfig.from_flat(example, where=f"{where}: settings")
+    for p in space.params:
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            TrainConfig.from_flat({**example, p.name: value}, where=f"{where}: params.{p.name} at {value!r}: settings")

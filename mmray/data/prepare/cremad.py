@@ -44,7 +44,11 @@ def plan(root: Path, options: CremadOptions, class_names: list[str] | None) -> P
                   for row in read_rows(Path(lists[split]))]
         out.splits["test"] = f"official lists {', '.join(str(p) for p in lists.values())}"
     else:
-        listed = [(p.stem, _emotion(p.stem), "train") for p in sorted(audio_dir.glob("*.wav"))]
+        # Every clip found in either modality: one with frames but no WAV is named as skipped too
+        # (as `_add` names a WAV without frames), not silently left out.
+        visual = frames_root.iterdir() if source == "frames" else video_dir.glob("*.flv")
+        names = {p.stem for p in audio_dir.glob("*.wav")} | {p.name if source == "frames" else p.stem for p in visual}
+        listed = [(name, _emotion(name), "train") for name in sorted(names)]
     for name, label, split in listed:
         if not out.first_listing(name):
             continue
@@ -72,9 +76,9 @@ def _emotion(name: str) -> str | None:
 def _add(out: Plan, name, label, split, audio_dir, frames_root, video_dir, source) -> None:
     audio = audio_dir / f"{name}.wav"
     visual = frames_root / name if source == "frames" else video_dir / f"{name}.flv"
-    for path in (audio, visual):
+    for path, modality in ((audio, "no audio file"), (visual, "no frames" if source == "frames" else "no video")):
         if not path.exists():
-            out.skip(name, split, f"missing file {path}")
+            out.skip(name, split, f"{modality}: missing file {path}")
             return
     if source == "frames":
         out.clips.append(Clip(name, label, split, audio=str(audio), frames_dir=str(visual)))

@@ -66,6 +66,15 @@ class RawOptions:
     def __post_init__(self):
         for key in ("max_skipped", "val_fraction", "test_fraction"):
             require(0 <= getattr(self, key) < 1, key, getattr(self, key), "is not in [0, 1)")
+        # Checked here, at the door: a zero would otherwise fail in every Ray task, one clip at a time.
+        for key in ("rows_per_shard", "image_size", "sample_rate", "n_fft", "hop", "mel_bins", "audio_frames",
+                    "frames_per_clip", "workers"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, value, "must be at least 1")
+        for key in ("audio_seconds", "fps"):
+            value = getattr(self, key)
+            require(value is None or value > 0, key, value, "must be positive")
+        require(self.min_seconds >= 0, "min_seconds", self.min_seconds, "must not be negative")
 
 
 def preset(name: str, options: type, defaults: dict):
@@ -84,12 +93,15 @@ def prepare_preset(name: str, plan: Callable, defaults: dict, out: str | Path, o
 
     from mmray.data.prepare.audio import AudioRecipe
     from mmray.data.prepare.writer import ClipSettings, write_dataset
+    from mmray.data.shards import check_output_folder
 
     if not options.root:
         raise UserError(f"mmray prepare {name}: give --root (the raw dataset folder)")
     root = Path(options.root).expanduser().resolve()
     if not root.exists():
         raise UserError(f"{root}: no such folder")
+    out = Path(out).expanduser().resolve()
+    check_output_folder(out, force)  # before planning and before Ray starts
     clips = plan(root, options, _class_list(options.classes))
     given = {field: getattr(options, key) for key, field in RECIPE_OPTIONS.items() if getattr(options, key) is not None}
     recipe = AudioRecipe(**{**defaults["recipe"], **given})
@@ -104,7 +116,7 @@ def prepare_preset(name: str, plan: Callable, defaults: dict, out: str | Path, o
                  num_cpus=None if options.address else (options.workers or os.cpu_count()),
                  include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
-        return write_dataset(clips, settings, Path(out).expanduser(), rows_per_shard=options.rows_per_shard,
+        return write_dataset(clips, settings, out, rows_per_shard=options.rows_per_shard,
                              max_skipped=options.max_skipped, force=force, progress=not options.quiet,
                              preprocessing={"preset": name, "root": str(root), "seed": options.seed,
                                             "train_augmentation": augmentation})

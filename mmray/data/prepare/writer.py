@@ -28,7 +28,7 @@ from mmray.data.manifest import SPLITS, AudioSpec, FramesSpec, Manifest, describ
 from mmray.data.prepare.audio import AudioRecipe, read_audio, spectrogram
 from mmray.data.prepare.plan import Clip, Plan
 from mmray.data.prepare.video import frames_from_folder, frames_from_video
-from mmray.data.shards import check_output_folder, encode_frames, rows_table
+from mmray.data.shards import check_output_folder, claim_staging, encode_frames, publish_staging, rows_table
 from mmray.errors import UserError
 
 PROGRESS_DIR = ".progress"
@@ -190,8 +190,8 @@ def write_dataset(plan: Plan, settings: ClipSettings, out: str | Path, *, rows_p
 
     out = Path(out)
     check_output_folder(out, force)
-    _check_skipped(plan, plan.skipped, max_skipped, out.with_name(out.name + ".partial"))
-    staging = out.with_name(out.name + ".partial")
+    staging = claim_staging(out)
+    _check_skipped(plan, plan.skipped, max_skipped, staging)
     jobs = make_jobs(plan, settings, rows_per_shard)
     for folder in (staging / PROGRESS_DIR, *(staging / s for s in SPLITS)):
         folder.mkdir(parents=True, exist_ok=True)
@@ -245,9 +245,7 @@ def write_dataset(plan: Plan, settings: ClipSettings, out: str | Path, *, rows_p
     )
     shutil.rmtree(staging / PROGRESS_DIR)
     manifest.save(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    publish_staging(staging, out)
     return manifest
 
 
