@@ -54,7 +54,7 @@ def ray_never_starts(monkeypatch):
     ({"shared": {k: v for k, v in PLAN["shared"].items() if k != "width"}},
      "inconsistent shared settings: joint.yaml searches width"),
     ({"shared": {**PLAN["shared"], "alpha": 0.5}}, "shared.alpha: not a training setting"),
-    ({"spaces": {}}, "ogm.yaml: params.modulation_starts: its high 2 does not fit the plan"),
+    ({"spaces": {}}, "(method ogm): params.modulation_starts at 2"),
 ], ids=["unknown-method", "no-space-for-dataset", "fixed-differently", "not-settled", "method-param-shared",
         "range-beyond-epochs"])
 def test_bad_plan_exits_2_with_one_line_before_ray(ray_never_starts, tmp_path, capsys, changes, words):
