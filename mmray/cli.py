@@ -1,4 +1,4 @@
-"""`mmray prepare | train | tune | bench`. Bad input ends with one line on stderr and exit status 2."""
+"""`mmray prepare | train | tune | compare | bench`. Bad input ends with one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -48,6 +48,44 @@ def cmd_tune(args) -> int:
     options = RunOptions(storage=storage, name=name, address=args.address, resume=args.resume,
                          workdir=Path(args.workdir).expanduser().resolve())
     run_search(space, options)
+    return 0
+
+
+COMPARE_HELP = """\
+Compare balancing methods fairly: every method of the plan gets the same search budget over its own
+hyperparameters, trains on the same shared settings, has its choice confirmed over the same seeds, and
+each seed's checkpoint chosen on validation is evaluated on test once. Writes comparison.md, .csv,
+.json and .png in STORAGE/NAME, next to one experiment per method (STORAGE/NAME/METHOD).
+
+The plan (YAML; search_spaces/compare.yaml is one):
+  dataset: synthetic-av          the dataset (data_dir: its prepared folder, or --data-dir)
+  methods: [joint, ogm, gmm]     the methods compared
+  spaces: {gmm: my-gmm.yaml}     optional: a method's search space; by default
+                                 search_spaces/<dataset>-<method>.yaml, else (for a dataset without
+                                 spaces of its own there) search_spaces/<method>.yaml
+  metric: val/fused_acc          selection metric (validation only), mode: max
+  seed: 0                        sampler seed; confirmation seeds are seed+1 .. seed+seeds, for all
+  trials: 6                      search trials per method, with scheduler: {type: asha, ...}
+  max_concurrent / resources     trials at once and each trial's workers, CPUs, GPUs
+  confirm: {top_k: 2, seeds: 3}  the top_k configurations retrained with the seeds; best mean wins
+  shared: {epochs: 6, ...}       training settings every method uses (model, batch_size, optimizer, ...)
+  searched: {lr: {type: log-float, low: 3.0e-4, high: 3.0e-3}}   searched for every method alike
+A method's space contributes only its own hyperparameters; a training setting it fixes differently
+from shared (or that the plan does not settle) is refused as inconsistent shared settings.
+"""
+
+
+def cmd_compare(args) -> int:
+    from mmray.compare.plan import load_plan
+    from mmray.compare.run import CompareOptions, run_compare
+
+    plan = load_plan(args.plan).with_overrides(
+        methods=tuple(m.strip() for m in args.methods.split(",")) if args.methods else None,
+        dataset=args.dataset, data_dir=args.data_dir, trials=args.trials, epochs=args.epochs, seeds=args.seeds,
+        name=args.name)
+    options = CompareOptions(storage=Path(args.storage).expanduser().resolve(), name=plan.name,
+                             address=args.address, resume=args.resume)
+    run_compare(plan, options)
     return 0
 
 
@@ -204,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="run a hyperparameter search (same as python -m mmray.tune)")
     add_tune_arguments(p)
     p.set_defaults(run=cmd_tune)
+
+    p = sub.add_parser("compare", help="fair, tuned, multi-seed comparison of methods (a plan YAML)",
+                       description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", help="a plan file in search_spaces/ (compare.yaml or compare) or a path")
+    p.add_argument("--methods", help="comma-separated methods, replacing the plan's")
+    p.add_argument("--dataset", help="dataset name (its methods' spaces are looked up for it)")
+    p.add_argument("--data-dir", help="a prepared dataset folder")
+    p.add_argument("--trials", type=int, help="search trials per method")
+    p.add_argument("--epochs", type=int, help="epochs every method trains")
+    p.add_argument("--seeds", type=int, help="confirmation seeds (seed+1 .. seed+N, the same for every method)")
+    p.add_argument("--storage", default="~/mmray_results", help="local folder holding comparisons (default: %(default)s)")
+    p.add_argument("--name", help="comparison name (default: the plan's name)")
+    p.add_argument("--address", help="connect to a running Ray cluster (auto, or host:port)")
+    p.add_argument("--resume", action="store_true", help="continue STORAGE/NAME; finished methods are not rerun")
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
     p.add_argument("what", choices=["search", "search-quality", "data", "gpu", "imbalance", "methods", "decision", "prepare"])
