@@ -17,7 +17,7 @@ import torch
 import torchaudio
 
 from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits
-from mmray.data.shards import decode_frames
+from mmray.data.shards import decode_pixels
 from mmray.errors import UserError
 from rawdata import check_prepared, make_cremad, prepare, read_wav, stored_audio, train_one_epoch
 
@@ -64,7 +64,7 @@ def _train_frames_are_augmented_and_sweeps_see_them_as_stored(out, manifest):
     stored, trained = by_index(source.eval_batches("train")), by_index(source.train_batches(0))
     assert stored.keys() == trained.keys()
     shards = pq.read_table(manifest.shard_paths(out, "train")).to_pydict()
-    decoded = decode_frames(shards["frames"], manifest.frames)
+    decoded = decode_pixels(shards["frames"], manifest.frames)  # what the pipeline carries: uint8
     for i, index in enumerate(shards["index"]):
         np.testing.assert_array_equal(stored[index].numpy(), decoded[i])
     assert sum(not torch.equal(stored[i], trained[i]) for i in stored) > 0.8 * len(stored)

@@ -148,13 +148,13 @@ def test_search_on_uri_storage_keeps_trials_in_the_bucket_and_resumes(ray_local,
 
     # The selected checkpoint: the best trial's, downloaded into the workdir, diagnosed and tested there.
     checkpoint = Path(best["checkpoint"])
-    assert checkpoint == local / SELECTED_CHECKPOINT
+    assert checkpoint == local / SELECTED_CHECKPOINT / "seed0"
     assert _same_file_in(stored / f"trial_{best['trial_id']}", f"checkpoint_*/{STATE_FILE}",
                          (checkpoint / STATE_FILE).read_bytes())
     assert best["validation"]["val/fused_acc"] == table["val/fused_acc"].max()
     diagnostics = json.loads((checkpoint / DIAGNOSTICS_JSON).read_text())
     assert diagnostics["test"]["accuracy"]["fused"] == pytest.approx(best["test"]["test/fused_acc"])
-    uploaded = stored / SELECTED_CHECKPOINT / DIAGNOSTICS_JSON
+    uploaded = stored / SELECTED_CHECKPOINT / "seed0" / DIAGNOSTICS_JSON
     assert uploaded.read_bytes() == (checkpoint / DIAGNOSTICS_JSON).read_bytes()
 
     with pytest.raises(UserError, match="already exists"):
@@ -180,7 +180,7 @@ def test_two_worker_trial_on_uri_storage_selects_a_train_checkpoint(ray_local, t
 
     (train_run,) = (bucket / "ddp" / "train").glob("train-*")  # Ray Train's run, in the bucket
     checkpoint = Path(best["checkpoint"])
-    assert checkpoint == work / "ddp" / SELECTED_CHECKPOINT
+    assert checkpoint == work / "ddp" / SELECTED_CHECKPOINT / "seed0"
     assert _same_file_in(train_run, f"checkpoint_*/{STATE_FILE}", (checkpoint / STATE_FILE).read_bytes())
     assert not (work / "ddp" / "train").exists()
     assert 0.0 <= best["test"]["test/fused_acc"] <= 1.0

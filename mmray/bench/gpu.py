@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                                                resources_per_worker={"CPU": args.threads}),
         datasets={"train": datasets["train"], "val": datasets["val"], "train_all_0": own_share(datasets["train"], 0, 1)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        run_config=ray.train.RunConfig(storage_path=str(work / "train"), name="bench-gpu", verbose=0),
+        run_config=ray.train.RunConfig(storage_path=str(work / "train"), name="bench-gpu"),
     ).fit()
     train_s = result.metrics_dataframe["time_this_iter_s"].tolist()
     ray_train = timed / sum(train_s[1:])

@@ -167,8 +167,8 @@ def print_best(best: dict, space: SearchSpace, table: pd.DataFrame, files: str) 
     for _, row in table[table["status"] == "ERROR"].iterrows():
         print(f"mmray: trial {row['trial_id'] or row['path']} failed: {row['error']}")
     seeds = [s["seed"] for s in best["seeds"]]
-    print("\n== mmray: chosen configuration", f"(selected on {space.metric};",
-          f"{len(seeds)} seed(s): {seeds}; best run: trial {best['trial_id']}, epoch {best['best_epoch']})")
+    print("\n== mmray: best trial", best["trial_id"], f"(epoch {best['best_epoch']}, selected on {space.metric};",
+          f"the chosen configuration's {len(seeds)} seed(s): {seeds})")
     print("config     ", fmt(searched) or "(nothing searched)")
     print("validation ", pm(best["validation"], best["validation_std"]))
     print("test       ", pm(best["test"], best["test_std"]))

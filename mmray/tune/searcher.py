@@ -48,6 +48,12 @@ class SelectionSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        try:
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Told before the driver died, but Tune's snapshot did not record it: resumed, it is told again.
+            self._completed_trials.add(trial_id)
+            return
         if result and not error and int(result.get("epoch", 0)) > self._epochs_run.get(trial_id, 0):
             # Tune may hand the last result (the one on which the scheduler stopped the trial, or the
             # final epoch's) to on_trial_complete only: it is an intermediate value like the others.
@@ -55,7 +61,6 @@ class SelectionSearch(OptunaSearch):
             self._track(trial_id, result)
         best = self._best.pop(trial_id, None)
         epochs_run = self._epochs_run.pop(trial_id, 0)
-        ot_trial.set_user_attr("tune_trial_id", trial_id)
         ot_trial.set_user_attr("epochs_run", epochs_run)
         if error or best is None:
             state, value = State.FAIL, None
