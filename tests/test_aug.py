@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from distributed import run_on_two_workers
+from distributed import HalfData, run_on_two_workers
 from networks import method_and_network
 
 from mmray.data.manifest import load_manifest
@@ -131,23 +131,10 @@ def test_resume_continues_with_the_same_heads(tiny_synthetic):
         assert torch.allclose(value.float(), resumed[-1][1]["network"][key].float(), atol=1e-6), key
 
 
-class _HalfData(InMemoryDataSource):
-    """One of two workers: train's even or odd rows; all of validation (as under Ray Train)."""
-
-    def __init__(self, *args, rank: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.rank = rank
-
-    def train_batches(self, epoch):
-        n = len(self.tensors["train"]["label"])
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
-        return self._batches("train", order[order % 2 == self.rank])
-
-
 def _train_on_worker(world, folder, out_dir):
     manifest = load_manifest(folder)
     cfg = _config(folder, epochs=3, tau=0.0)
-    data = _HalfData(folder, manifest, cfg.batch_size, cfg.seed, rank=world.rank)
+    data = HalfData(folder, manifest, cfg.batch_size, cfg.seed, rank=world.rank)
     reports = []
     train(cfg, manifest, data, lambda m, s: reports.append((m, copy.deepcopy(s))), world)
     torch.save(reports, out_dir / f"rank{world.rank}.pt")
