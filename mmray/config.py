@@ -5,9 +5,36 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import yaml
+
 from mmray.errors import UserError
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data; a file that cannot be read or parsed is one line naming it (and the line at fault)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def check_keys(raw: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> None:
+    """A YAML file's top level: a mapping with only `allowed` keys and every `required` one."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of settings at the top level")
+    for key in raw:
+        if key not in allowed:
+            raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+    for key in required:
+        if key not in raw:
+            raise UserError(f"{where}: missing required key {key!r}")
 
 
 def field_types(cls) -> dict[str, Any]:

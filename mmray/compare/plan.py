@@ -36,9 +36,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from mmray.config import build, coerce
+from mmray.config import build, check_keys, coerce, read_yaml
 from mmray.errors import UserError
 from mmray.methods import get_method
 from mmray.train.config import TrainConfig
@@ -103,23 +101,12 @@ TOP_LEVEL = tuple(f.name for f in fields(Plan) if f.name != "source")
 
 def load_plan(name: str) -> Plan:
     path = resolve_space_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
-    return parse_plan(raw, path)
+    return parse_plan(read_yaml(path), path)
 
 
 def parse_plan(raw: Any, path: Path) -> Plan:
     where = str(path)
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping of settings at the top level")
-    for key in raw:
-        if key not in TOP_LEVEL:
-            raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(TOP_LEVEL)})")
-    for key in ("dataset", "methods"):
-        if key not in raw:
-            raise UserError(f"{where}: missing required key {key!r}")
+    check_keys(raw, TOP_LEVEL, ("dataset", "methods"), where)
     methods = raw["methods"]
     if not isinstance(methods, list) or not methods:
         raise UserError(f"{where}: methods: expected a non-empty list of method names")
@@ -195,7 +182,7 @@ def space_file(plan: Plan, method: str) -> Path:
 def method_space(plan: Plan, method: str, path: Path) -> SearchSpace:
     """`method`'s search space under `plan` (from the file `path`): its own hyperparameters, the plan's
     protocol, budget and seeds."""
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     own = parse_space(raw, path)  # the space as shipped must be valid on its own (errors name it)
     if own.method != method:
         raise UserError(f"{path}: its method is {own.method!r}, but the plan uses it for {method!r}")

@@ -28,9 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
-
-from mmray.config import build, coerce
+from mmray.config import build, check_keys, coerce, read_yaml
 from mmray.errors import UserError
 from mmray.methods import get_method
 from mmray.methods.base import require
@@ -210,15 +208,7 @@ def resolve_space_path(name: str) -> Path:
 
 def load_space(name: str) -> SearchSpace:
     path = resolve_space_path(name)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where} ({getattr(e, 'problem', None) or e})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_space(raw, path)
+    return parse_space(read_yaml(path), path)
 
 
 TOP_LEVEL = tuple(f.name for f in fields(SearchSpace) if f.name != "source")  # the file is not a key in it
@@ -227,14 +217,7 @@ REQUIRED = ("method", "dataset", "metric", "mode")
 
 def parse_space(raw: Any, path: Path) -> SearchSpace:
     where = str(path)
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping of settings at the top level")
-    for key in raw:
-        if key not in TOP_LEVEL:
-            raise UserError(f"{where}: unknown key {key!r} (allowed: {', '.join(TOP_LEVEL)})")
-    for key in REQUIRED:
-        if key not in raw:
-            raise UserError(f"{where}: missing required key {key!r}")
+    check_keys(raw, TOP_LEVEL, REQUIRED, where)
     method = coerce(raw["method"], str, f"{where}: method")
     try:
         get_method(method)
