@@ -137,6 +137,8 @@ def markdown(comparison: dict) -> str:
 def figure(comparison: dict) -> bytes:
     """Left: per method, fused / audio / visual test accuracy (mean, error bars: std over seeds).
     Right: per seed, visual (the weak modality's) accuracy against fused accuracy."""
+    import matplotlib
+
     from mmray.plots import subplots, to_png
 
     rows = [row for row in comparison["methods"] if row["seeds"]]
@@ -150,9 +152,10 @@ def figure(comparison: dict) -> bytes:
     bars.set_ylabel("test accuracy")
     bars.set_title(f"mean ± std over seeds {comparison['seeds']}")
     bars.legend(fontsize=8)
-    for row in rows:
+    colors = matplotlib.colormaps["tab20"].colors  # 20 colours, and a marker each: a method never shares both
+    for i, row in enumerate(rows):
         scatter.scatter([s["test/visual_acc"] for s in row["seeds"]], [s["test/fused_acc"] for s in row["seeds"]],
-                        label=row["method"])
+                        label=row["method"], color=colors[i % len(colors)], marker="osD^vPX"[i % 7])
     scatter.set_xlabel("visual (weak modality) test accuracy")
     scatter.set_ylabel("fused test accuracy")
     scatter.set_title("per seed: balance vs accuracy")
