@@ -54,15 +54,12 @@ def clip_row(clip: Clip, s: ClipSettings) -> tuple[bytes, list[bytes]]:
     """One clip -> (spectrogram bytes, one encoded image per frame)."""
     source = clip.audio or clip.video
     try:
-        wave, rate = read_audio(source)
+        audio = read_audio(source, s.recipe, clip.start, clip.end, at_least=s.min_seconds)
     except Exception as e:  # FFmpeg's errors for a corrupt file come in many types
         raise ClipError(f"unreadable audio in {source}: {_why(e)}") from None
-    if clip.start is not None:
-        wave = wave[int(clip.start * rate):int(clip.end * rate)]
-    seconds = len(wave) / rate
-    if seconds < s.min_seconds:
-        raise ClipError(f"too short: {seconds:.2f} s of audio (minimum {s.min_seconds:g} s)")
-    spec = spectrogram(wave, rate, s.recipe)
+    if audio.seconds < s.min_seconds:
+        raise ClipError(f"too short: {audio.seconds:.2f} s of audio (minimum {s.min_seconds:g} s)")
+    spec = spectrogram(audio.wave, s.recipe.sample_rate, s.recipe, audio.mean)
     if not np.isfinite(spec).all():
         raise ClipError(f"audio in {source} gives a non-finite spectrogram")
     try:
