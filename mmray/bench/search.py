@@ -17,6 +17,18 @@ from pathlib import Path
 import torch
 
 
+def fit_phases(histories, fit_start: float, fit_end: float) -> dict[str, float]:
+    """Where fit()'s wall time went, from the trials' result rows (`timestamp`: when a row was
+    reported, whole seconds; `time_this_iter_s`: the epoch's own time, measured inside the trial)."""
+    first = min(float((h["timestamp"] - h["time_this_iter_s"]).iloc[0]) for h in histories)
+    last = max(float(h["timestamp"].iloc[-1]) for h in histories)
+    epochs = sum(float(h["time_this_iter_s"].sum()) for h in histories)
+    # perf_counter (fit_start, fit_end) and the rows' wall-clock timestamps share only durations:
+    start = first - (time.time() - (time.perf_counter() - fit_start))
+    end = (time.time() - (time.perf_counter() - fit_end)) - last
+    return {"start": start, "epochs": epochs, "end": end, "between": (fit_end - fit_start) - start - epochs - end}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmray bench search", description=__doc__)
     parser.add_argument("--space", default="gmm.yaml")
@@ -46,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     results = build_tuner(space, options, 1, trial_settings(space, options), open_datasets(space)).fit()
     t2 = time.perf_counter()
+    histories = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
     trials = [(r.config, len(r.metrics_dataframe)) for r in results if r.metrics_dataframe is not None]
-    # Time inside the trials (their epochs, Ray Data, checkpoints); the rest of fit() is Tune's own.
-    in_trials = sum(float(r.metrics_dataframe["time_this_iter_s"].sum()) for r in results
-                    if r.metrics_dataframe is not None)
+    phases = fit_phases(histories, t1, t2)
     ray.shutdown()
 
     manifest = load_manifest(space.data_dir, verify=False)
@@ -67,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{space.resources.torch_threads} torch thread(s), space {space.source.name}")
     print(f"  Ray start-up                     {t1 - t0:8.1f} s")
     print(f"  search (Tune + Ray Data), fit()  {search_s:8.1f} s")
-    print(f"    inside the trials' epochs      {in_trials:8.1f} s  (training, Ray Data, checkpoints)")
-    print(f"    Tune: trial start-up, results  {search_s - in_trials:8.1f} s")
+    print(f"    before the first epoch         {phases['start']:8.1f} s  (Tuner, study, first trial actor)")
+    print(f"    inside the trials' epochs      {phases['epochs']:8.1f} s  (training, Ray Data, checkpoints)")
+    print(f"    between epochs and trials      {phases['between']:8.1f} s  (results, snapshots, next trial)")
+    print(f"    after the last epoch           {phases['end']:8.1f} s  (last snapshot, actors, result grid)")
     print(f"  plain PyTorch loop, in memory    {plain_s:8.1f} s  (includes decoding the shards once per trial)")
     print(f"  ratio search / plain             {search_s / plain_s:8.2f} x   (target <= 1.10)")
     print(f"  ratio incl. Ray start-up         {(t2 - t0) / plain_s:8.2f} x")

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ).fit()
     grid_best, grid_used = best_of(results, space.metric)
     grid_s = time.perf_counter() - t0
+    curves = {", ".join(f"{k} {r.config[k]}" for k in GRID): [round(float(v), 4) for v in r.metrics_dataframe[space.metric]]
+              for r in results if r.metrics_dataframe is not None}
 
     # mmray's searcher on the same space, stopped when a quarter of the grid's epochs is spent.
     budget = int(args.budget * grid_epochs)
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nmmray bench search-quality: {space.method} on {space.dataset}, {len(configs)} configurations "
           f"({', '.join(f'{k} {v}' for k, v in GRID.items())}), {space.epochs} epochs, trial seed {space.seed}")
+    print(f"  the grid's {space.metric} per epoch:")
+    for config, curve in curves.items():
+        print(f"    {config:45} {' '.join(f'{v:.3f}' for v in curve)}")
     print(f"  {'':12} {'best ' + space.metric:>20} {'epochs':>8} {'wall s':>8}")
     print(f"  {'grid':12} {grid_best:20.4f} {grid_used:8d} {grid_s:8.1f}")
     print(f"  {'TPE + ASHA':12} {tpe_best:20.4f} {tpe_used:8d} {tpe_s:8.1f}   (budget {budget} epochs)")
