@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from mmray.data.shards import read_column_by_index
@@ -115,6 +113,8 @@ class BalancedSelection:
 
 
 def fit_gap_mixture(gaps: np.ndarray, components: int) -> GapMixture:
+    from sklearn.mixture import GaussianMixture  # here: sklearn takes ~0.8 s to import, and only refits need it
+
     gm = GaussianMixture(n_components=components, random_state=0).fit(np.asarray(gaps, np.float64).reshape(-1, 1))
     order = np.argsort(gm.means_[:, 0])
     return GapMixture(gm.means_[order, 0], gm.covariances_.reshape(-1)[order], gm.weights_[order])
@@ -309,6 +309,8 @@ class GMM(Method):
         if flags is not None:
             flags = flags[index]
             if 0 < flags.sum() < len(flags):  # AUROC needs both kinds of sample
+                from sklearn.metrics import roc_auc_score
+
                 metrics["gmm/auroc_corrupted"] = float(roc_auc_score(flags, r))
         return metrics
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18
 
 from mmray.data.manifest import Manifest
 from mmray.models.registry import Encoders, register_backbone
@@ -31,6 +30,8 @@ def small_cnn(manifest: Manifest, width: int, audio_grid: int = 1) -> Encoders:
 
 
 def _resnet18(in_channels: int) -> nn.Module:
+    from torchvision.models import resnet18  # here: importing torchvision costs every process about a second
+
     net = resnet18(weights=None)  # from scratch: nothing is downloaded
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
