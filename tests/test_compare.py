@@ -155,3 +155,31 @@ def test_small_comparison_then_resume_without_rerunning(ray_local, tiny_syntheti
     assert "ttest_rel" in md and "95% CI" in md and md.count("\n| ogm |") == 1 + 2  # its row, and its two paired rows
     assert f"{comparison['methods'][0]['mean']['test/fused_acc']:.4f} ±" in md
     assert (folder / report.COMPARISON_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _trial_windows(experiment: Path) -> tuple[float, float]:
+    """When a method's trials ran: (first epoch's start, last epoch's report), from their result rows."""
+    rows = [json.loads(line) for path in experiment.rglob("result.json") for line in path.read_text().splitlines()
+            if line.strip()]
+    return min(r["timestamp"] - r["time_this_iter_s"] for r in rows), max(r["timestamp"] for r in rows)
+
+
+@pytest.mark.ray
+def test_methods_run_side_by_side_where_the_cluster_has_room(tiny_synthetic, tmp_path, _ray_temp, capsys):
+    import ray
+
+    ray.shutdown()  # this test needs a Ray with room for two methods' trials (4 logical CPUs: 1 kept for Ray Data)
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, object_store_memory=300 * 1024**2,
+             _temp_dir=str(_ray_temp))
+    try:
+        plan = _plan(tmp_path, confirm={"top_k": 0, "seeds": 1})
+        assert cli.main(["compare", str(plan), "--data-dir", str(tiny_synthetic), "--storage", str(tmp_path / "out")]) == 0
+        assert "mmray: 2 methods at once fit this cluster" in capsys.readouterr().out
+    finally:
+        ray.shutdown()  # the next test's ray_local starts the usual 2-CPU Ray
+    folder = tmp_path / "out" / "small"
+    (joint_start, joint_end), (ogm_start, ogm_end) = _trial_windows(folder / "joint"), _trial_windows(folder / "ogm")
+    assert joint_start < ogm_end and ogm_start < joint_end, "the two methods' trials did not overlap in time"
+    comparison = json.loads((folder / report.COMPARISON_JSON).read_text())
+    assert [(r["method"], r["status"], len(r["seeds"])) for r in comparison["methods"]] == [("joint", "ok", 1),
+                                                                                        ("ogm", "ok", 1)]

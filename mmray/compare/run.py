@@ -3,11 +3,10 @@
 The recipe: check the whole plan (every method's space) before Ray starts; then one `run_search` per
 method, experiment `<storage>/<name>/<method>`; then the comparison files in `<storage>/<name>`.
 
-Methods run one after another, each search using the whole cluster (the plan's `max_concurrent`
-trials at once): a search is sequential in its proposals (TPE learns from finished trials, ASHA
-promotes against them), so a method gets the most out of its budget when its trials have the
-cluster to themselves; and one method at a time is what a 2-core machine can run anyway. On a
-cluster (`--address`) each method's trials spread over it.
+Each method's search runs its plan's `max_concurrent` trials at once. Where the cluster has room for
+more than one method's trials (a cluster at `--address`, or a big machine), as many methods as fit
+run at once, each search driven from a Ray task on this node (so experiment folders stay here)
+that holds no CPU of its own; otherwise (a 2-core machine) one after another, in this process.
 
 Selection never touches test: `run_search` picks each method's configuration on validation, and
 evaluates each seed's checkpoint chosen on validation on test, once. The seeds are the plan's,
@@ -25,6 +24,7 @@ from mmray.compare.plan import Plan
 from mmray.compare import report
 from mmray.errors import UserError
 from mmray.train.checkpoint import BEST_JSON
+from mmray.train.resources import DATA_RESERVED_CPUS
 from mmray.tune.results import SUMMARY_CSV, NoTrialSucceeded
 from mmray.tune.space import SearchSpace
 from mmray.tune.storage import RunOptions
@@ -55,12 +55,58 @@ def run_compare(plan: Plan, options: CompareOptions) -> dict:
     if options.resume and not options.folder.is_dir():
         raise UserError(f"{options.folder}: nothing to resume (no such comparison folder)")
     options.folder.mkdir(parents=True, exist_ok=True)
-    outcomes = {method: run_method(space, options) for method, space in spaces.items()}
+    outcomes = run_methods(spaces, options)
     comparison = report.compare(plan, spaces, outcomes)
     report.write(comparison, options.folder)
     print(report.markdown(comparison), flush=True)
     print(f"mmray: comparison in {options.folder} ({', '.join(report.FILES)})", flush=True)
     return comparison
+
+
+def run_methods(spaces: dict[str, SearchSpace], options: CompareOptions) -> dict[str, dict]:
+    """Every method's outcome (in the plan's order): as many methods at once as the cluster fits."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from mmray.tune.search import SEARCH_ENV, start_ray
+
+    start_ray(options.address)
+    at_once = methods_at_once(list(spaces.values()), ray.cluster_resources())
+    if at_once <= 1:
+        return {method: run_method(space, options) for method, space in spaces.items()}
+    print(f"mmray: {at_once} methods at once fit this cluster", flush=True)
+    here = ray.get_runtime_context().get_node_id()
+    remote = ray.remote(run_method).options(
+        num_cpus=0, max_retries=0, runtime_env={"env_vars": SEARCH_ENV},
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
+    waiting, running, outcomes = list(spaces.items()), {}, {}
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            method, space = waiting.pop(0)
+            running[remote.remote(space, options)] = method
+        [done], _ = ray.wait(list(running), num_returns=1)
+        method = running.pop(done)
+        try:
+            outcomes[method] = ray.get(done)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, UserError):  # bad input found only there: one line, as in this process
+                raise e.cause from None
+            raise
+    return {method: outcomes[method] for method in spaces}
+
+
+def methods_at_once(spaces: list[SearchSpace], cluster: dict) -> int:
+    """How many methods' searches fit the cluster side by side, each with its own trials at once."""
+    from mmray.tune.search import concurrent_trials
+
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    space = spaces[0]  # every method has the plan's resources and max_concurrent
+    trials = concurrent_trials(space, cpus, gpus)
+    fits = int((cpus - DATA_RESERVED_CPUS) // (trials * space.resources.cpus_per_trial()) + 1e-9)
+    gpus_per_method = trials * space.resources.workers * space.resources.gpus_per_worker
+    if gpus_per_method:
+        fits = min(fits, int(gpus // gpus_per_method))
+    return max(1, min(fits, len(spaces)))
 
 
 def run_method(space: SearchSpace, options: CompareOptions) -> dict:

@@ -118,6 +118,17 @@ def restore_study(options: RunOptions) -> None:
     print(f"mmray: restored the study from {source}", flush=True)
 
 
+# How a process that drives a search wants Ray and Tune to behave (set by start_ray; a search driven from a
+# Ray task gets them in its runtime_env, as `mmray compare` does).
+SEARCH_ENV = {
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # The classic progress table shows the searched hyperparameters; the newer output ignores CLIReporter.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Tune snapshots its state at every checkpoint (that is what makes --resume safe); don't warn about it.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
 def start_ray(address: str | None) -> None:
     """Connect to `address`, or start a local Ray (reusing one this process already started)."""
     import ray
@@ -125,11 +136,8 @@ def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
 
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    # The classic progress table shows the searched hyperparameters; the newer output ignores CLIReporter.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune snapshots its state at every checkpoint (that is what makes --resume safe); don't warn about it.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for key, value in SEARCH_ENV.items():
+        os.environ.setdefault(key, value)
     if address:
         context = ray.init(address=address, logging_level="WARNING")
     else:
