@@ -134,6 +134,8 @@ BAD_SPACES = {
     "unknown method": (_with({"method": "no-such-method"}), ["no-such-method"]),
     "unknown key under fixed": (_with({"fixed.dropout": 0.1}), ["fixed.dropout"]),
     "run setting under fixed": (_with({"fixed.seed": 1}), ["fixed.seed"]),
+    "decode_frames searched": (_with({"params.decode_frames": {"type": "categorical", "choices": ["host", "device"]}}),
+                               ["params.decode_frames", "under fixed"]),
     "unknown param name": (_with({"params.alpha": {"type": "float", "low": 0.1, "high": 1.0}}), ["params.alpha"]),
     "param also in fixed": (_with({"fixed.lr": 1e-3}), ["params.lr", "fixed"]),
     "unknown param type": (_with({"params.lr.type": "uniform"}), ["params.lr.type", "uniform"]),

@@ -1,7 +1,8 @@
 """Ray Data pipelines over prepared shards, and the data source over them that the training loop iterates.
 
 Reading and decoding run as Ray Data tasks (streaming, backpressured); the training worker only
-pulls ready tensors. Shapes and dtypes come from the manifest.
+pulls ready tensors, except with `decode_frames: device`, where it decodes the JPEG frames itself
+(`DeviceDecode`). Shapes and dtypes come from the manifest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ray.data.expressions import col
 from mmray.data.manifest import Manifest
 from mmray.data.shards import Decode
 from mmray.data.source import Batch
+from mmray.errors import UserError
 
 # Read and decode tasks take a fraction of a CPU: several run on the CPU kept free for Ray Data.
 DATA_TASK_CPUS = 0.25
@@ -51,29 +53,57 @@ class Augment:
         self.flip = bool(spec.get("horizontal_flip", False))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Ray's arrays are read-only
+        return {**batch, "frames": self.clips(torch.from_numpy(np.array(batch["frames"]))).numpy()}
+
+    def clips(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) uint8 pixels (or float), on any device -> the same, augmented."""
         rng = np.random.default_rng()
-        # (B, T, C, H, W), uint8 pixels (or float); Ray's arrays are read-only
-        frames = torch.from_numpy(np.array(batch["frames"])).float()
         h, w = frames.shape[-2:]
-        out = np.empty_like(batch["frames"])
-        for i, clip in enumerate(frames):
+        out = torch.empty_like(frames)
+        for i, clip in enumerate(frames.float()):
             area, aspect = rng.uniform(self.min_area, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
             ch, cw = min(h, round(h * np.sqrt(area / aspect))), min(w, round(w * np.sqrt(area * aspect)))
             top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             crop = torch.nn.functional.interpolate(clip[:, :, top:top + ch, left:left + cw], size=(h, w),
                                                    mode="bilinear", align_corners=False)
             crop = crop.flip(-1) if self.flip and rng.random() < 0.5 else crop
-            out[i] = (crop.round().clamp(0, 255) if out.dtype == np.uint8 else crop).numpy()
-        return {**batch, "frames": out}
+            out[i] = crop.round().clamp(0, 255) if out.dtype == torch.uint8 else crop
+        return out
 
 
-def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarray | None = None) -> ray.data.Dataset:
-    """A lazy Dataset of decoded rows of one split (optionally only the rows whose index is kept)."""
+class DeviceDecode:
+    """`decode_frames: device`: the pipeline carries each clip's JPEG blobs undecoded, and the data source
+    decodes every batch on its device in one batched call (nvJPEG on a GPU; libjpeg-turbo on CPU, the
+    same pixels as the host path's PIL). Train batches are augmented there too, after decoding."""
+
+    def __init__(self, manifest: Manifest):
+        augmentation = manifest.preprocessing.get("train_augmentation")
+        self.augment = Augment(augmentation) if augmentation else None
+
+    def __call__(self, clips, device: torch.device, train: bool) -> torch.Tensor:
+        """B clips of T JPEG blobs -> (B, T, C, H, W) uint8 on `device`."""
+        from torchvision.io import ImageReadMode, decode_jpeg  # imported here: only this setting needs it
+
+        # bytearray: torch refuses to wrap read-only bytes without a warning
+        blobs = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for clip in clips for blob in clip]
+        frames = torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)).unflatten(0, (len(clips), -1))
+        return self.augment.clips(frames) if train and self.augment is not None else frames
+
+
+def open_split(root: str, manifest: Manifest, split: str, keep_indices: np.ndarray | None = None,
+               decode_frames: str = "host") -> ray.data.Dataset:
+    """A lazy Dataset of decoded rows of one split (optionally only the rows whose index is kept). With
+    `decode_frames` "device" the frames stay JPEG blobs, for `DeviceDecode` in the data source."""
+    if decode_frames == "device" and manifest.frames.encoding != "jpeg":
+        raise UserError(f"{root}: decode_frames 'device' decodes JPEG frames on the device, but this dataset "
+                        f"stores {manifest.frames.encoding} frames; use decode_frames 'host'")
     ds = ray.data.read_parquet(manifest.shard_paths(root, split), num_cpus=DATA_TASK_CPUS)
     ds = ds.select_columns(["index", "label", "audio", "frames"])
     if keep_indices is not None:
         ds = ds.filter(expr=col("index").is_in([int(i) for i in keep_indices]), num_cpus=DATA_TASK_CPUS)
-    return ds.map_batches(Decode(manifest), batch_format="numpy", num_cpus=DATA_TASK_CPUS, batch_size=256)
+    return ds.map_batches(Decode(manifest, frames=decode_frames == "host"), batch_format="numpy",
+                          num_cpus=DATA_TASK_CPUS, batch_size=256)
 
 
 def decoded_bytes(manifest: Manifest, split: str) -> int:
@@ -83,21 +113,22 @@ def decoded_bytes(manifest: Manifest, split: str) -> int:
     return per_sample * manifest.split_size(split)
 
 
-def load_splits(root: str, manifest: Manifest, splits=("train", "val"),
-                keep_train: np.ndarray | None = None) -> dict[str, ray.data.Dataset]:
+def load_splits(root: str, manifest: Manifest, splits=("train", "val"), keep_train: np.ndarray | None = None,
+                decode_frames: str = "host") -> dict[str, ray.data.Dataset]:
     """Datasets for the training loop: cached in the object store when small (see CACHE_LIMIT_BYTES).
 
     `keep_train` restricts train to those sample indices (a filtered view, not a copy of the shards).
     With the manifest's `train_augmentation`, "train" is augmented on every pass (after the cache)
-    and "train_all" holds the frames as stored, for sweeps over train (see RayDataSource).
+    and "train_all" holds the frames as stored, for sweeps over train (see RayDataSource). With
+    `decode_frames` "device" the frames stay JPEG blobs and `DeviceDecode` augments on the device instead.
     """
     datasets = {}
     cache = sum(decoded_bytes(manifest, s) for s in splits) <= CACHE_LIMIT_BYTES
     for split in splits:
-        ds = open_split(root, manifest, split, keep_train if split == "train" else None)
+        ds = open_split(root, manifest, split, keep_train if split == "train" else None, decode_frames)
         datasets[split] = ds.materialize() if cache else ds
     augmentation = manifest.preprocessing.get("train_augmentation")
-    if augmentation and "train" in datasets:
+    if augmentation and "train" in datasets and decode_frames == "host":
         datasets["train_all"] = datasets["train"]
         datasets["train"] = datasets["train"].map_batches(Augment(augmentation), batch_format="numpy",
                                                           num_cpus=DATA_TASK_CPUS, batch_size=64)
@@ -115,36 +146,41 @@ class RayDataSource:
     balances rows across workers (and may drop a few per epoch); "train_all" is this worker's own
     share of the whole split (`own_share`), so a sweep over train reads every row
     exactly once across workers, and each worker reads only its rows.
+
+    With `jpeg` (a `DeviceDecode`; the splits opened with decode_frames "device"), the rows carry
+    JPEG blobs, and every batch is decoded on `device` here (train batches augmented after that).
     """
 
     def __init__(self, splits: dict, batch_size: int, seed: int, device: torch.device,
-                 shuffle_buffer: int = 1024):
+                 shuffle_buffer: int = 1024, jpeg: DeviceDecode | None = None):
         self.splits = splits
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
         self.shuffle_buffer = shuffle_buffer
+        self.jpeg = jpeg
         self._cached: dict[str, CachedSplit] = {}
 
-    def _iterate(self, split: str, shuffle_seed: int | None) -> Iterator[Batch]:
+    def _iterate(self, split: str, shuffle_seed: int | None, train: bool = False) -> Iterator[Batch]:
         if isinstance(self.splits[split], MaterializedDataset):
             if split not in self._cached:
-                self._cached[split] = CachedSplit(self.splits[split])
-            yield from self._cached[split].batches(self.batch_size, shuffle_seed, self.device)
+                self._cached[split] = CachedSplit(self.splits[split], self.jpeg)
+            yield from self._cached[split].batches(self.batch_size, shuffle_seed, self.device, train)
             return
-        rows = self.splits[split].iter_torch_batches(
-            batch_size=self.batch_size,
-            local_shuffle_buffer_size=self.shuffle_buffer if shuffle_seed is not None else None,
-            local_shuffle_seed=shuffle_seed,
-            device=self.device,
-            prefetch_batches=2,
-        )
-        for b in rows:
-            yield Batch(audio=b["audio"], frames=b["frames"], label=b["label"], index=b["index"])
+        options = dict(batch_size=self.batch_size, prefetch_batches=2, local_shuffle_seed=shuffle_seed,
+                       local_shuffle_buffer_size=self.shuffle_buffer if shuffle_seed is not None else None)
+        if self.jpeg is None:
+            for b in self.splits[split].iter_torch_batches(device=self.device, **options):
+                yield Batch(audio=b["audio"], frames=b["frames"], label=b["label"], index=b["index"])
+            return
+        # JPEG blobs are no tensor: numpy batches, the fixed-size columns copied to the device here
+        for b in self.splits[split].iter_batches(batch_format="numpy", **options):
+            yield Batch(**{key: torch.tensor(b[key]).to(self.device) for key in ("audio", "label", "index")},
+                        frames=self.jpeg(b["frames"], self.device, train))
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """This worker's part of train, shuffled; the order depends only on (seed, epoch)."""
-        return self._iterate("train", shuffle_seed=self.seed * 100_003 + epoch)
+        return self._iterate("train", shuffle_seed=self.seed * 100_003 + epoch, train=True)
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         """A split in stored order, unshuffled. For "train": this worker's share, every row exactly
@@ -157,23 +193,31 @@ class RayDataSource:
 class CachedSplit:
     """A materialized split's blocks as tensors in this process. Every trial `ray.get`s the same block
     objects, which the driver put in the object store once (tests/test_scale.py); a batch gathers
-    its rows from the blocks."""
+    its rows from the blocks. With `jpeg`, the frames are JPEG blobs, kept as one list over all rows
+    and decoded per batch."""
 
-    def __init__(self, dataset: MaterializedDataset):
+    def __init__(self, dataset: MaterializedDataset, jpeg: DeviceDecode | None = None):
+        self.jpeg = jpeg
         self.blocks = []
+        self.blobs = []  # with jpeg: row -> that clip's JPEG blobs, rows in block order
+        names = ["audio", "label", "index"] if jpeg is not None else ["audio", "frames", "label", "index"]
         with warnings.catch_warnings():  # the mapped blocks are read-only; batches are gathered copies
             warnings.simplefilter("ignore", UserWarning)
             for bundle in dataset.iter_internal_ref_bundles():
                 for ref in bundle.block_refs:
-                    columns = BlockAccessor.for_block(ray.get(ref)).to_numpy(["audio", "frames", "label", "index"])
+                    block = BlockAccessor.for_block(ray.get(ref))
+                    columns = block.to_numpy(names)
                     if len(columns["label"]):
                         self.blocks.append({k: torch.from_numpy(np.asarray(v)) for k, v in columns.items()})
+                        self.blobs.extend(block.to_numpy("frames") if jpeg is not None else ())
         sizes = torch.tensor([len(b["label"]) for b in self.blocks])
         self.starts = torch.cumsum(sizes, 0) - sizes
         self.rows = int(sizes.sum())
 
-    def batches(self, batch_size: int, shuffle_seed: int | None, device: torch.device) -> Iterator[Batch]:
-        """Batches in stored order, or in an order drawn from `shuffle_seed` (the same for the same seed)."""
+    def batches(self, batch_size: int, shuffle_seed: int | None, device: torch.device,
+                train: bool = False) -> Iterator[Batch]:
+        """Batches in stored order, or in an order drawn from `shuffle_seed` (the same for the same seed);
+        `train`: augmented, where `jpeg` augments."""
         order = (torch.randperm(self.rows, generator=torch.Generator().manual_seed(shuffle_seed))
                  if shuffle_seed is not None else torch.arange(self.rows))
         for start in range(0, self.rows, batch_size):
@@ -185,7 +229,10 @@ class CachedSplit:
                 picked = (block == b).nonzero().squeeze(1)
                 for key, out in parts.items():
                     out[picked] = self.blocks[b][key][rows[picked] - self.starts[b]]
-            yield Batch(**{key: t.to(device, non_blocking=True) for key, t in parts.items()})
+            batch = {key: t.to(device, non_blocking=True) for key, t in parts.items()}
+            if self.jpeg is not None:
+                batch["frames"] = self.jpeg([self.blobs[r] for r in rows.tolist()], device, train)
+            yield Batch(**batch)
 
 
 def own_share(dataset: ray.data.Dataset, rank: int, world_size: int) -> ray.data.Dataset:

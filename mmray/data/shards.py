@@ -64,16 +64,18 @@ def decode_frames(column, spec: FramesSpec) -> np.ndarray:
 
 
 class Decode:
-    """Shard rows -> model-ready arrays. A callable class so Ray Data ships the specs once."""
+    """Shard rows -> model-ready arrays. A callable class so Ray Data ships the specs once.
+    `frames=False` leaves "frames" as each row's list of stored blobs (decode_frames: device)."""
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, frames: bool = True):
         self.audio_spec = manifest.audio
         self.frames_spec = manifest.frames
+        self.frames = frames
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {
             "audio": decode_audio(batch["audio"], self.audio_spec),
-            "frames": decode_pixels(batch["frames"], self.frames_spec),
+            "frames": decode_pixels(batch["frames"], self.frames_spec) if self.frames else batch["frames"],
             "label": batch["label"].astype(np.int64),
             "index": batch["index"].astype(np.int64),
         }

@@ -44,6 +44,9 @@ class TrainConfig:
     # pass and loss (on a GPU; on CPU the run stays fp32), and channels-last convolutions.
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    # Where JPEG frames are decoded: "host" in Ray Data's CPU tasks (PIL), "device" by the training worker,
+    # one batched decode_jpeg call per batch (nvJPEG on a GPU), train augmentation then there too.
+    decode_frames: Literal["host", "device"] = "host"
     method_params: Any = field(default=None)  # the method's Params dataclass, filled by from_flat
 
     @classmethod

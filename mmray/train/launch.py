@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mmray.data.manifest import load_manifest
-from mmray.data.pipeline import RayDataSource, configure_data_context, load_splits, own_share
+from mmray.data.pipeline import DeviceDecode, RayDataSource, configure_data_context, load_splits, own_share
 from mmray.errors import UserError
 from mmray.train.checkpoint import KeepBestAndLast, load_state, save_state
 from mmray.train.config import TrainConfig
@@ -53,8 +53,8 @@ def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1, quie
         changed = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
         raise UserError(f"{out_dir}: holds a run with other settings ({', '.join(changed)}); give the same "
                         "settings to resume it, or another --out")
-    data = RayDataSource(load_splits(cfg.data_dir, manifest), cfg.batch_size, cfg.seed, torch.device("cpu"),
-                         cfg.shuffle_buffer)
+    data = RayDataSource(load_splits(cfg.data_dir, manifest, decode_frames=cfg.decode_frames), cfg.batch_size,
+                         cfg.seed, torch.device("cpu"), cfg.shuffle_buffer, device_decode(cfg, manifest))
     metrics = train(cfg, manifest, data, KeepBestAndLast(out_dir, echo=not quiet), World.current(), resume)
     return metrics, out_dir / "best"
 
@@ -87,7 +87,8 @@ def run_trial(config: dict, settings: TrialSettings, datasets: dict) -> None:
     torch.set_num_threads(resources.torch_threads)
     cfg = TrainConfig.from_flat(config)
     manifest = load_manifest(cfg.data_dir, verify=False)  # verified once by the search driver
-    data = RayDataSource(datasets, cfg.batch_size, cfg.seed, resources.device, cfg.shuffle_buffer)
+    data = RayDataSource(datasets, cfg.batch_size, cfg.seed, resources.device, cfg.shuffle_buffer,
+                         device_decode(cfg, manifest))
     report = checkpointing_report(ray.tune.report, ray.tune.Checkpoint, TrialGauges.for_tune_trial(cfg.method))
     train(cfg, manifest, data, report, World.current(resources.device), resumed_state(ray.tune.get_checkpoint()))
 
@@ -137,11 +138,16 @@ def train_worker(loop_config: dict) -> None:
     world = World.current(ray.train.torch.get_device())
     shards = {"train": "train", "train_all": f"train_all_{world.rank}", "val": "val"}
     data = RayDataSource({name: ray.train.get_dataset_shard(shard) for name, shard in shards.items()},
-                         cfg.batch_size, cfg.seed, world.device, cfg.shuffle_buffer)
+                         cfg.batch_size, cfg.seed, world.device, cfg.shuffle_buffer, device_decode(cfg, manifest))
     # Rank 0's metrics and state are the run's (as Tune sees them); the others only report, a barrier.
     report = checkpointing_report(ray.train.report, ray.train.Checkpoint, TrialGauges(**loop_config["gauge_tags"]),
                                   saves=world.is_main)
     train(cfg, manifest, data, report, world, resumed_state(ray.train.get_checkpoint()))
+
+
+def device_decode(cfg: TrainConfig, manifest) -> DeviceDecode | None:
+    """What decodes the frames in the worker: nothing ("host", Ray Data did), or a `DeviceDecode`."""
+    return DeviceDecode(manifest) if cfg.decode_frames == "device" else None
 
 
 def resumed_state(checkpoint) -> dict | None:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from mmray.data.registry import resolve_data_dir
 from mmray.errors import UserError
 from mmray.train.checkpoint import BEST_JSON, evaluate_checkpoint
+from mmray.train.config import TrainConfig
 from mmray.train.diagnose import diagnose_checkpoint
 from mmray.train.launch import TrialSettings, run_trial
 from mmray.train.resources import DATA_RESERVED_CPUS
@@ -152,7 +153,8 @@ def open_datasets(space: SearchSpace) -> dict:
     from mmray.data.pipeline import configure_data_context, load_splits
 
     configure_data_context()
-    return load_splits(space.data_dir, load_manifest(space.data_dir, verify=False))
+    return load_splits(space.data_dir, load_manifest(space.data_dir, verify=False),
+                       decode_frames=space.fixed.get("decode_frames", TrainConfig.decode_frames))
 
 
 def fitting_concurrency(space: SearchSpace) -> int:

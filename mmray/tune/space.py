@@ -269,6 +269,8 @@ def _parse_params(params: Any, space: SearchSpace, where: str) -> tuple[Param, .
         at = f"{where}: params.{name}"
         if name in RUN_LEVEL_KEYS or name == "epochs":
             raise UserError(f"{at}: {name!r} cannot be searched (it is a run setting)")
+        if name == "decode_frames":  # the search opens the datasets once, for every trial
+            raise UserError(f"{at}: 'decode_frames' cannot be searched; set it under fixed")
         annotation = key_type(space.method, name)
         if annotation is None:
             raise UserError(f"{at}: unknown setting for method {space.method!r}")
