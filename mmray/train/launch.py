@@ -48,8 +48,10 @@ def run_in_process(cfg: TrainConfig, out_dir: str | Path, threads: int = 1, quie
     cfg.data_dir = str(data_dir)
     out_dir = Path(out_dir)
     resume = load_state(out_dir / "last") if (out_dir / "last").exists() else None
-    if resume is not None and resume["config"] != cfg.to_flat():  # another run's folder: never overwrite it
-        saved, given = resume["config"], cfg.to_flat()
+    # Another run's folder: never overwrite it. Settings added to mmray since that run was saved take their
+    # defaults, so a run saved by an older mmray still resumes.
+    saved, given = (TrainConfig.from_flat(resume["config"]).to_flat() if resume else None), cfg.to_flat()
+    if resume is not None and saved != given:
         changed = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
         raise UserError(f"{out_dir}: holds a run with other settings ({', '.join(changed)}); give the same "
                         "settings to resume it, or another --out")
