@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     results = build_tuner(space, options, 1, trial_settings(space, options), open_datasets(space)).fit()
     t2 = time.perf_counter()
-    histories = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None]
-    trials = [(r.config, len(r.metrics_dataframe)) for r in results if r.metrics_dataframe is not None]
-    phases = fit_phases(histories, t1, t2)
+    reported = [r for r in results if r.metrics_dataframe is not None]
+    trials = [(r.config, len(r.metrics_dataframe)) for r in reported]
+    phases = fit_phases([r.metrics_dataframe for r in reported], t1, t2)
     ray.shutdown()
 
     manifest = load_manifest(space.data_dir, verify=False)

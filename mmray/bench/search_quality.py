@@ -7,7 +7,8 @@ quarter of the grid's epochs, enforced by stopping the search when it is spent, 
 seed (which configurations TPE happens to draw first decides much, so one draw says little).
 Prints the grid's curves, and the best validation value each search found and the epochs each
 used; then the same search replayed on the grid's curves (a configuration trained with the grid's
-seed repeats the grid's curve, so no training is needed) over many sampler seeds. Target: TPE + ASHA reaches at least 0.99 of the grid's best with at most 25% of its epochs.
+seed repeats the grid's curve, so no training is needed) over many sampler seeds. Target: TPE +
+ASHA reaches at least 0.99 of the grid's best with at most 25% of its epochs.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def replay(curves: dict[tuple, list[float]], sampler_seed: int, budget: int, epo
             trial.report(value, epoch)
             if used >= budget:
                 return best
-            if epoch < epochs and bracket.on_result(SimpleNamespace(trial_id=number), epoch, value) == TrialScheduler.STOP:
+            decision = bracket.on_result(SimpleNamespace(trial_id=number), epoch, value) if epoch < epochs else None
+            if decision == TrialScheduler.STOP:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 break
         else:
@@ -155,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'':24} {'best ' + space.metric:>20} {'of grid':>8} {'epochs':>8} {'wall s':>8} {'replayed':>9}")
     print(f"  {'grid':24} {grid_best:20.4f} {1:8.3f} {grid_used:8d} {grid_s:8.1f}")
     for sampler_seed, best, used, seconds in searches:
-        print(f"  {f'TPE + ASHA, sampler {sampler_seed}':24} {best:20.4f} {best / grid_best:8.3f} {used:8d} {seconds:8.1f} "
-              f"{replayed[sampler_seed]:9.4f}")
+        print(f"  {f'TPE + ASHA, sampler {sampler_seed}':24} {best:20.4f} {best / grid_best:8.3f} {used:8d} "
+              f"{seconds:8.1f} {replayed[sampler_seed]:9.4f}")
     ratios = [best / grid_best for _, best, _, _ in searches]
     print(f"  TPE + ASHA / grid: {sum(ratios) / len(ratios):.3f} of the best value on average, at least 0.99 in "
           f"{sum(r >= 0.99 for r in ratios)} of {len(ratios)} sampler seeds (target >= 0.99), with at most "

@@ -71,7 +71,8 @@ def run_methods(spaces: dict[str, SearchSpace], options: CompareOptions) -> dict
     from mmray.tune.search import SEARCH_ENV, start_ray
 
     start_ray(options.address)
-    at_once = methods_at_once(list(spaces.values()), ray.cluster_resources())
+    # every method has the plan's resources and max_concurrent: any space tells what one method needs
+    at_once = methods_at_once(next(iter(spaces.values())), len(spaces), ray.cluster_resources())
     if at_once <= 1:
         return {method: run_method(space, options) for method, space in spaces.items()}
     print(f"mmray: {at_once} methods at once fit this cluster", flush=True)
@@ -95,18 +96,17 @@ def run_methods(spaces: dict[str, SearchSpace], options: CompareOptions) -> dict
     return {method: outcomes[method] for method in spaces}
 
 
-def methods_at_once(spaces: list[SearchSpace], cluster: dict) -> int:
-    """How many methods' searches fit the cluster side by side, each with its own trials at once."""
+def methods_at_once(space: SearchSpace, methods: int, cluster: dict) -> int:
+    """How many of `methods` searches like `space`'s fit the cluster side by side, each with its own trials at once."""
     from mmray.tune.search import concurrent_trials
 
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    space = spaces[0]  # every method has the plan's resources and max_concurrent
     trials = concurrent_trials(space, cpus, gpus)
     fits = int((cpus - DATA_RESERVED_CPUS) // (trials * space.resources.cpus_per_trial()) + 1e-9)
     gpus_per_method = trials * space.resources.workers * space.resources.gpus_per_worker
     if gpus_per_method:
         fits = min(fits, int(gpus // gpus_per_method))
-    return max(1, min(fits, len(spaces)))
+    return max(1, min(fits, methods))
 
 
 def run_method(space: SearchSpace, options: CompareOptions) -> dict:
