@@ -220,8 +220,9 @@ def test_two_workers_get_the_single_process_posteriors(folder, tmp_path):
 
 
 def test_purification_epochs_train_at_a_lower_rate_with_batchnorm_frozen(folder):
-    # Epochs 1-2 train as usual; epoch 3 purifies: lr x 0.1 from then on, BatchNorm statistics untouched.
-    reports = _train(folder, purify_epochs=1, purify_lr_factor=0.1, lr=1e-3)
+    # Epochs 1-2 train as usual; epoch 3 purifies: lr x 0.1 from then on, BatchNorm statistics untouched
+    # by its training steps (and, with precise BatchNorm off, not recomputed after them either).
+    reports = _train(folder, purify_epochs=1, purify_lr_factor=0.1, lr=1e-3, precise_bn_batches=0)
     lrs = [state["optimizer"]["param_groups"][0]["lr"] for _, state in reports]  # each epoch's, for the next one
     assert lrs == pytest.approx([1e-3, 1e-4, 1e-4])
     assert 0.0 < reports[-1][0]["gmm/kept_frac"] <= 1.0
@@ -229,6 +230,15 @@ def test_purification_epochs_train_at_a_lower_rate_with_batchnorm_frozen(folder)
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight")), "it still trained"
+
+
+def test_batchnorm_statistics_are_recomputed_from_kept_samples_only_while_purifying(folder):
+    method = _method(folder, purify_epochs=1)
+    method.posteriors, method.keep = torch.zeros(128), torch.zeros(128)
+    method.keep[10:13] = 1.0
+    _, _, batch = _fake_step(n=6)  # indices 10 to 15
+    assert method.batchnorm_samples(batch, method.purify_from - 1) is None
+    assert method.batchnorm_samples(batch, method.purify_from).tolist() == [True] * 3 + [False] * 3
 
 
 def _purification_loss_on_worker(world, folder, out_dir):

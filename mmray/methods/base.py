@@ -116,6 +116,10 @@ class Method:
         """This epoch's learning rate relative to the run's schedule (1: as scheduled)."""
         return 1.0
 
+    def batchnorm_samples(self, batch: "Batch", epoch: int) -> torch.Tensor | None:
+        """Which samples of a training batch BatchNorm statistics may be computed from (a bool mask; None: all)."""
+        return None
+
     def predict(self, out: AVOutput, extras: dict) -> dict[str, torch.Tensor]:
         """Logits for the fused prediction and for each modality's own prediction."""
         return {"fused": out.fused, "audio": out.audio, "visual": out.visual}

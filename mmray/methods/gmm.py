@@ -173,7 +173,7 @@ class GMM(Method):
         # With purify_epochs > 0 the run ends with that many purification epochs (the search option):
         # refit once, drop samples with P(balanced) <= purify_threshold, plain CE on the rest at
         # purify_lr_factor x the learning rate, BatchNorm statistics frozen (so dropped samples,
-        # which still pass through the network, never shape them).
+        # which still pass through the network, never shape them) and recomputed from kept samples only.
         self.purify_from = ctx.epochs - params.purify_epochs if params.purify_epochs else None
 
     @classmethod
@@ -238,6 +238,11 @@ class GMM(Method):
                       + p.lambda1 * (1 + p.alpha * r) * g.abs()
                       + p.lambda2 * r * (g - mu_b) ** 2 / (2 * sigma_b ** 2))
         return per_sample.mean()
+
+    def batchnorm_samples(self, batch, epoch):
+        if not self.purifying(epoch):
+            return None
+        return self._on_device("keep", batch.label.device)[batch.index] > 0.5
 
     def _on_device(self, name: str, device: torch.device) -> torch.Tensor:
         """The per-index table `name` (posteriors, keep), copied to the device once per refit, so a step

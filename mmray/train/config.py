@@ -47,6 +47,10 @@ class TrainConfig:
     # Where JPEG frames are decoded: "host" in Ray Data's CPU tasks (PIL), "device" by the training worker,
     # one batched decode_jpeg call per batch (nvJPEG on a GPU), train augmentation then there too.
     decode_frames: Literal["host", "device"] = "host"
+    # Precise BatchNorm: before each validation pass the BatchNorm statistics are recomputed from this
+    # many of the epoch's last training batches under the final weights (0: keep the running averages,
+    # which lag the weights at a high learning rate and make mid-training validation misleading).
+    precise_bn_batches: int = 8
     method_params: Any = field(default=None)  # the method's Params dataclass, filled by from_flat
 
     @classmethod
@@ -73,6 +77,7 @@ class TrainConfig:
             (cfg.width <= MAX_WIDTH, "width", f"must be at most {MAX_WIDTH}"),
             (cfg.lr > 0, "lr", "must be positive"),
             (cfg.weight_decay >= 0, "weight_decay", "must not be negative"),
+            (cfg.precise_bn_batches >= 0, "precise_bn_batches", "must not be negative"),
             (0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)"),
             (0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]"),
             (cfg.model in BACKBONES, "model", f"is not a known model ({', '.join(sorted(BACKBONES))})"),

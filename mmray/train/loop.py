@@ -9,6 +9,7 @@ calls `report` the same number of times, because under Ray Train it is a barrier
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -68,6 +69,39 @@ def build_optimizer(cfg: TrainConfig, params, lr: float | None = None) -> torch.
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def recompute_batchnorm(network: nn.Module, batches, world: World, autocast) -> None:
+    """Precise BatchNorm: every BatchNorm layer's statistics become the plain average over `batches`
+    ((audio, frames) pairs from training) under the current weights, pooled over all workers.
+
+    The running averages trail the weights: at a high learning rate they describe a network several
+    steps old, and validation with them can sit 20 points below what the weights do (synthetic-av,
+    lr 1e-2: 0.76 with the running averages, 0.96 recomputed). Every per-epoch value (the best epoch
+    mmray selects, ASHA's stopping decisions, the checkpoint evaluated on test) is read after this.
+    """
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+        m.train()
+    samples = 0
+    with autocast:
+        for audio, frames in batches:
+            network(audio, frames)
+            samples += len(audio)
+    # Pooled over workers, weighted by their samples, so that every rank evaluates the same network.
+    device = norms[0].running_mean.device
+    total = world.all_reduce_sum(torch.tensor(float(samples), device=device))
+    for m, (momentum, training) in zip(norms, saved):
+        for stats in (m.running_mean, m.running_var):
+            stats.copy_(world.all_reduce_sum(stats * samples) / total.clamp(min=1))
+        m.momentum = momentum
+        m.train(training)
 
 
 @torch.no_grad()
@@ -135,9 +169,14 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
         metrics = {"epoch": epoch + 1, **method.on_epoch_start(epoch, network)}
         started = time.perf_counter()
         loss_sum, steps = torch.zeros((), dtype=torch.float64, device=world.device), 0
+        recent = collections.deque(maxlen=cfg.precise_bn_batches)  # the epoch's last batches, for recompute_batchnorm
         for index, batch in enumerate(data.train_batches(epoch)):
             if cfg.channels_last:
                 batch = dataclasses.replace(batch, audio=batch.audio.contiguous(memory_format=torch.channels_last))
+            keep = method.batchnorm_samples(batch, epoch)
+            audio, frames = (batch.audio, batch.frames) if keep is None else (batch.audio[keep], batch.frames[keep])
+            if len(audio) > 1:  # BatchNorm needs two samples
+                recent.append((audio, frames))
             with autocast:
                 loss = method.train_step(TrainStep(network, wrapped, optimizer, make_optimizer, world, batch,
                                                    epoch, index, batches))
@@ -150,6 +189,8 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
             raise NonFiniteLoss(f"train/loss is {train_loss} in epoch {epoch + 1} (method {cfg.method}, lr {cfg.lr:g})")
         metrics["train/loss"] = train_loss
         metrics["train/epoch_s"] = time.perf_counter() - started  # after that read: the device has finished
+        if cfg.precise_bn_batches:
+            recompute_batchnorm(network, recent, world, autocast)
         schedule.step()
         metrics.update(method.on_epoch_end(epoch, network))
         metrics.update(evaluate(network, method, data.eval_batches("val"), manifest.num_classes, "val"))
