@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
-
-import contextlib
 
 import pytest
 import torch

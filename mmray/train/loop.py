@@ -104,6 +104,17 @@ def recompute_batchnorm(network: nn.Module, batches, world: World, autocast) -> 
         m.train(training)
 
 
+def batchnorm_inputs(method: Method, batches, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (audio, frames) of the samples in `batches` that the method lets BatchNorm statistics come from."""
+    inputs = []
+    for batch in batches:
+        keep = method.batchnorm_samples(batch, epoch)
+        audio, frames = (batch.audio, batch.frames) if keep is None else (batch.audio[keep], batch.frames[keep])
+        if len(audio) > 1:  # BatchNorm in train mode needs two samples
+            inputs.append((audio, frames))
+    return inputs
+
+
 @torch.no_grad()
 def evaluate(network: nn.Module, method: Method, batches, num_classes: int, prefix: str) -> dict[str, float]:
     """Accuracy and macro-F1 of the fused and per-modality predictions, and the mean modality gap."""
@@ -173,10 +184,7 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
         for index, batch in enumerate(data.train_batches(epoch)):
             if cfg.channels_last:
                 batch = dataclasses.replace(batch, audio=batch.audio.contiguous(memory_format=torch.channels_last))
-            keep = method.batchnorm_samples(batch, epoch)
-            audio, frames = (batch.audio, batch.frames) if keep is None else (batch.audio[keep], batch.frames[keep])
-            if len(audio) > 1:  # BatchNorm needs two samples
-                recent.append((audio, frames))
+            recent.append(batch)
             with autocast:
                 loss = method.train_step(TrainStep(network, wrapped, optimizer, make_optimizer, world, batch,
                                                    epoch, index, batches))
@@ -190,7 +198,7 @@ def train(cfg: TrainConfig, manifest: Manifest, data: DataSource, report: Report
         metrics["train/loss"] = train_loss
         metrics["train/epoch_s"] = time.perf_counter() - started  # after that read: the device has finished
         if cfg.precise_bn_batches:
-            recompute_batchnorm(network, recent, world, autocast)
+            recompute_batchnorm(network, batchnorm_inputs(method, recent, epoch), world, autocast)
         schedule.step()
         metrics.update(method.on_epoch_end(epoch, network))
         metrics.update(evaluate(network, method, data.eval_batches("val"), manifest.num_classes, "val"))
